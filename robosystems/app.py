@@ -1,0 +1,124 @@
+"""create_app(): routers, middleware, error handlers, lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from robosystems import __version__
+from robosystems.auth.passwords import PasswordHashing
+from robosystems.auth.ratelimit import RateLimiter
+from robosystems.auth.router import router as auth_router
+from robosystems.auth.tokens import TokenCodec
+from robosystems.auth.user_router import router as user_router
+from robosystems.config import Settings, get_settings
+from robosystems.db import make_async_engine, make_async_sessionmaker, make_sync_engine
+from robosystems.errors import install_error_handlers
+from robosystems.mail.service import delivery_loop
+from robosystems.observability import RequestContextMiddleware
+from robosystems.services import AppServices
+
+log = logging.getLogger("robosystems.app")
+
+
+async def _check_readiness(app: FastAPI) -> dict[str, str]:
+    services: AppServices = app.state.services
+    checks: dict[str, str] = {}
+    try:
+        async with services.engine.connect() as conn:
+            await asyncio.wait_for(conn.execute(text("SELECT 1")), timeout=3)
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - readiness reports, never raises
+        checks["database"] = f"unavailable ({type(exc).__name__})"
+    if services.settings.redis_url:
+        try:
+            await asyncio.wait_for(services.limiter.storage.check(), timeout=3)
+            checks["redis"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            checks["redis"] = f"unavailable ({type(exc).__name__})"
+    data_dir = services.settings.robosystems_data_dir
+    checks["storage"] = "ok" if data_dir.is_dir() else "unavailable"
+    return checks
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    settings.ensure_secrets()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.robosystems_data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_async_engine(settings)
+        maker = make_async_sessionmaker(engine)
+        services = AppServices(
+            settings=settings,
+            engine=engine,
+            sessionmaker=maker,
+            hasher=PasswordHashing(settings),
+            tokens=TokenCodec(settings),
+            limiter=RateLimiter(settings),
+        )
+        app.state.services = services
+        app.state.sessionmaker = maker
+        stop = asyncio.Event()
+        background: list[asyncio.Task[None]] = []
+        sync_engine = None
+        if settings.embedded_worker:
+            sync_engine = make_sync_engine(settings, pool_size=1, max_overflow=1)
+            background.append(asyncio.create_task(delivery_loop(settings, sync_engine, stop)))
+        log.info("robosystems %s ready (environment=%s)", __version__, settings.environment)
+        try:
+            yield
+        finally:
+            stop.set()
+            for task in background:
+                await task
+            if sync_engine is not None:
+                sync_engine.dispose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="RoboSystems",
+        version=__version__,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(auth_router)
+    app.include_router(user_router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz(request: Request) -> JSONResponse:
+        checks = await _check_readiness(request.app)
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
+                              status_code=200 if ready else 503)
+
+    @app.get("/v1/status", tags=["health"])
+    async def get_service_status(request: Request) -> dict[str, Any]:
+        checks = await _check_readiness(request.app)
+        healthy = all(v == "ok" for v in checks.values())
+        return {
+            "status": "healthy" if healthy else "degraded",
+            "timestamp": datetime.now(UTC).isoformat(),
+            "details": {"version": __version__, "environment": settings.environment, "checks": checks},
+        }
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.request_max_body_bytes)
+    return app

@@ -1,0 +1,1 @@
+"""Audit logs: security events (append-only)."""

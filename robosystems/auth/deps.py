@@ -1,0 +1,131 @@
+"""The current principal: a Bearer access token (live session) or an ``X-API-Key``.
+
+One Core query per request on the hot path: session + user, checked against revocation, expiry
+and ``is_active``.  A token's org claim is carried as a default only; org access is always
+re-checked against the live membership by the org access dependency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import Request
+
+from robosystems.audit.service import record_security_event_now
+from robosystems.auth import api_keys
+from robosystems.auth.tokens import ExpiredToken, InvalidToken, TokenClaims
+from robosystems.db import get_session
+from robosystems.errors import Unauthorized
+from robosystems.models import AuthSession, User
+from robosystems.services import AppServices, get_services
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: str
+    email: str
+    name: str
+    email_verified: bool
+    token_org_id: str | None
+    session_id: str | None = None
+    api_key_id: str | None = None
+    claims: TokenClaims | None = None
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+async def _principal_from_token(
+    token: str, session: AsyncSession, services: AppServices, request: Request
+) -> Principal:
+    try:
+        claims = services.tokens.decode(token)
+    except ExpiredToken as exc:
+        raise Unauthorized("Token expired", code="token_expired") from exc
+    except InvalidToken as exc:
+        await record_security_event_now(
+            services.sessionmaker, "token_invalid", user_agent=request.headers.get("user-agent"),
+            details={"path": request.url.path},
+        )
+        raise Unauthorized("Invalid token", code="invalid_token") from exc
+    row = (
+        await session.execute(
+            select(User.id, User.email, User.name, User.email_verified, AuthSession.revoked_at)
+            .join(AuthSession, AuthSession.user_id == User.id)
+            .where(
+                AuthSession.id == claims.session_id,
+                User.id == claims.user_id,
+                User.is_active.is_(True),
+                AuthSession.expires_at > datetime.now(UTC),
+            )
+        )
+    ).one_or_none()
+    if row is None or row.revoked_at is not None:
+        await record_security_event_now(
+            services.sessionmaker, "revoked_token_used", user_id=claims.user_id,
+            user_agent=request.headers.get("user-agent"),
+            details={"session_id": claims.session_id, "path": request.url.path},
+        )
+        raise Unauthorized("Session is no longer valid", code="session_revoked")
+    return Principal(
+        user_id=row.id,
+        email=row.email,
+        name=row.name,
+        email_verified=row.email_verified,
+        token_org_id=claims.org_id,
+        session_id=claims.session_id,
+        claims=claims,
+    )
+
+
+async def optional_principal(
+    request: Request,
+    session: Annotated[AsyncSession, Depends(get_session)],
+    services: Annotated[AppServices, Depends(get_services)],
+) -> Principal | None:
+    token = bearer_token(request)
+    if token:
+        return await _principal_from_token(token, session, services, request)
+    key = request.headers.get("x-api-key")
+    if key:
+        found = await api_keys.authenticate(session, services, key.strip())
+        if found is None:
+            await record_security_event_now(
+                services.sessionmaker, "api_key_invalid", user_agent=request.headers.get("user-agent"),
+                details={"prefix": key.strip()[:8], "path": request.url.path},
+            )
+            raise Unauthorized("Invalid API key", code="invalid_api_key")
+        return Principal(
+            user_id=found.user_id,
+            email=found.email,
+            name=found.name,
+            email_verified=found.email_verified,
+            token_org_id=None,
+            api_key_id=found.key_id,
+        )
+    return None
+
+
+async def current_principal(
+    principal: Annotated[Principal | None, Depends(optional_principal)],
+) -> Principal:
+    if principal is None:
+        raise Unauthorized("Not authenticated", code="not_authenticated")
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+DbSession = Annotated[AsyncSession, Depends(get_session)]
+Services = Annotated[AppServices, Depends(get_services)]

@@ -1,0 +1,124 @@
+"""The ``robosystems`` command: serve | migrate …"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from robosystems.config import ConfigError, get_settings
+from robosystems.observability import configure_logging
+
+app = typer.Typer(help="RoboSystems: org-centric identity and billing service.", no_args_is_help=True)
+migrate_app = typer.Typer(help="Database migrations (Alembic).", no_args_is_help=True)
+app.add_typer(migrate_app, name="migrate")
+log = logging.getLogger("robosystems.cli")
+
+
+def _bootstrap() -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: HOST setting)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: PORT setting)")] = None,
+    workers: Annotated[int | None, typer.Option(help="uvicorn worker processes")] = None,
+    migrate: Annotated[bool, typer.Option("--migrate/--no-migrate", help="Apply migrations first")] = True,
+) -> None:
+    """Start the API (embedded PostgreSQL when DATABASE_URL is unset)."""
+    try:
+        _bootstrap()
+        settings = get_settings()
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    import uvicorn
+
+    from robosystems import migrations
+    from robosystems.db import resolve_database_url
+
+    settings.host = host or settings.host
+    settings.port = port or settings.port
+    os.environ.setdefault("HOST", settings.host)
+    os.environ["PORT"] = str(settings.port)
+    os.environ["JWT_SECRET_KEY"] = settings.jwt_secret_key
+    url = resolve_database_url(settings)
+    if migrate:
+        log.info("applying migrations")
+        migrations.upgrade("head", url)
+    log.info("serving on http://%s:%s", settings.host, settings.port)
+    uvicorn.run(
+        "robosystems.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers or settings.workers,
+        log_config=None,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+    )
+
+
+@migrate_app.command("upgrade")
+def migrate_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Upgrade the database to REVISION (default head)."""
+    _bootstrap()
+    from robosystems import migrations
+
+    try:
+        migrations.upgrade(revision)
+    except RuntimeError as exc:
+        _fail(str(exc))
+
+
+@migrate_app.command("downgrade")
+def migrate_downgrade(
+    revision: Annotated[str, typer.Argument()],
+    allow_data_loss: Annotated[bool, typer.Option(help="Accept losing data the legacy shape can't hold")] = False,
+) -> None:
+    """Downgrade the database to REVISION."""
+    _bootstrap()
+    from robosystems import migrations
+
+    try:
+        migrations.downgrade(revision, allow_data_loss=allow_data_loss)
+    except RuntimeError as exc:
+        _fail(str(exc))
+
+
+@migrate_app.command("current")
+def migrate_current() -> None:
+    """Show the database's current revision."""
+    _bootstrap()
+    from alembic import command
+    from robosystems import migrations
+
+    command.current(migrations.alembic_config(), verbose=False)
+
+
+@migrate_app.command("history")
+def migrate_history() -> None:
+    """List the migration chain."""
+    from alembic import command
+    from robosystems import migrations
+
+    command.history(migrations.alembic_config("postgresql://unused@localhost/unused"), verbose=False)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

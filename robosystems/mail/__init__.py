@@ -1,0 +1,1 @@
+"""Outgoing mail through the outbox table."""

@@ -1,0 +1,28 @@
+"""Process-wide collaborators, built once per app and reached through a dependency."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.requests import Request
+
+from robosystems.auth.passwords import PasswordHashing
+from robosystems.auth.ratelimit import RateLimiter
+from robosystems.auth.tokens import TokenCodec
+from robosystems.config import Settings
+
+
+@dataclass
+class AppServices:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    hasher: PasswordHashing
+    tokens: TokenCodec
+    limiter: RateLimiter
+
+
+def get_services(request: Request) -> AppServices:
+    services: AppServices = request.app.state.services
+    return services

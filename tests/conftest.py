@@ -129,7 +129,7 @@ def app_factory(database_url: str) -> Callable[..., AbstractAsyncContextManager[
 
     @asynccontextmanager
     async def factory(**overrides: Any) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-        app = create_app(base_settings(database_url, **overrides))
+        app = create_app(base_settings(**{"database_url": database_url, **overrides}))
         async with app.router.lifespan_context(app):
             await app.state.services.limiter.reset()
             transport = httpx.ASGITransport(app=app)

@@ -58,8 +58,13 @@ def main(argv: list[str]) -> int:
     os.chdir(ROOT)
     command, rest = argv[0], argv[1:]
     if command == "test":
-        return subprocess.call([str(_bin("python")), "-m", "pytest", *rest])
-    return subprocess.call([str(_bin("robosystems")), command, *rest])
+        args = [str(_bin("python")), "-m", "pytest", *rest]
+    else:
+        args = [str(_bin("robosystems")), command, *rest]
+    if os.name == "nt":  # pragma: no cover - no exec semantics there
+        return subprocess.call(args)
+    os.execv(args[0], args)  # replace this process: signals (Ctrl-C, SIGTERM) reach the service directly
+    return 0
 
 
 if __name__ == "__main__":

@@ -38,12 +38,12 @@ def start_embedded_postgres(settings: Settings) -> str:
     global _embedded_server
     with _embedded_lock:
         if _embedded_server is None:
-            import pgserver  # imported lazily: only needed without DATABASE_URL
+            from pgserver import get_server  # type: ignore[attr-defined]  # lazily: only without DATABASE_URL
 
             pgdata = settings.robosystems_data_dir / "pgdata"
             pgdata.mkdir(parents=True, exist_ok=True)
             log.info("starting embedded PostgreSQL (pgserver) in %s", pgdata)
-            _embedded_server = pgserver.get_server(str(pgdata), cleanup_mode="stop")
+            _embedded_server = get_server(str(pgdata), cleanup_mode="stop")
             log.info("embedded PostgreSQL ready at %s", _embedded_server.get_uri())
         return str(_embedded_server.get_uri())
 

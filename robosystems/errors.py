@@ -96,6 +96,12 @@ def error_body(detail: str, code: str, **extra: object) -> dict[str, object]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:
+        if exc.status_code == 422:
+            # Every 422 has FastAPI's validation shape: robosystems-client parses a 422 body as
+            # HTTPValidationError and iterates `detail` as a list (a string detail crashes it).
+            detail = [{"loc": ["body"], "msg": exc.detail, "type": exc.code}]
+            body = {"detail": detail, "code": exc.code, "request_id": current_request_id(), **exc.extra}
+            return JSONResponse(body, status_code=422, headers=exc.headers)
         return JSONResponse(
             error_body(exc.detail, exc.code, **exc.extra), status_code=exc.status_code, headers=exc.headers
         )

@@ -29,6 +29,7 @@ from robosystems.db import sync_url
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA_DIR = ROOT / ".robosystems" / "test"
+RUN_KEY_PREFIX = f"rs-test-{secrets.token_hex(4)}"  # isolates this run's rate-limit counters in a shared Redis
 
 
 def _server_url() -> str:
@@ -109,6 +110,7 @@ def base_settings(database_url: str, **overrides: Any) -> Settings:
         "environment": "test",
         "database_url": database_url,
         "redis_url": os.environ.get("REDIS_URL", ""),
+        "rate_limit_key_prefix": RUN_KEY_PREFIX,
         "robosystems_data_dir": TEST_DATA_DIR / "data",
         "jwt_secret_key": "test-secret-" + "x" * 40,
         "embedded_worker": False,

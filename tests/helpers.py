@@ -35,8 +35,18 @@ def count(engine: Engine, sql: str, **params: Any) -> int:
         return int(conn.execute(text(sql), params).scalar_one())
 
 
-def snapshot(engine: Engine, tables: tuple[str, ...] = ("users", "orgs", "org_users", "auth_sessions",
-                                                         "user_api_keys", "user_tokens", "mail_outbox")) -> dict[str, Any]:
+def snapshot(
+    engine: Engine,
+    tables: tuple[str, ...] = (
+        "users",
+        "orgs",
+        "org_users",
+        "auth_sessions",
+        "user_api_keys",
+        "user_tokens",
+        "mail_outbox",
+    ),
+) -> dict[str, Any]:
     """Row counts and a checksum of every row of the given tables (to assert 'nothing changed')."""
     out: dict[str, Any] = {}
     with engine.connect() as conn:
@@ -50,7 +60,10 @@ def snapshot(engine: Engine, tables: tuple[str, ...] = ("users", "orgs", "org_us
 def last_mail(engine: Engine, to: str, kind: str) -> str:
     with engine.connect() as conn:
         body = conn.execute(
-            text("SELECT body_text FROM mail_outbox WHERE to_email = :to AND kind = :kind ORDER BY created_at DESC, id DESC LIMIT 1"),
+            text(
+                "SELECT body_text FROM mail_outbox WHERE to_email = :to AND kind = :kind "
+                "ORDER BY created_at DESC, id DESC LIMIT 1"
+            ),
             {"to": to, "kind": kind},
         ).scalar_one()
     return str(body)

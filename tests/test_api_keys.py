@@ -15,16 +15,23 @@ from tests.helpers import bearer, count, register, snapshot
 async def test_api_key_lifecycle(client: httpx.AsyncClient, sync_engine: Engine) -> None:
     reg = await register(client)
     headers = bearer(reg["token"])
-    created = await client.post("/v1/user/api-keys", headers=headers,
-                                json={"name": "ci", "description": "for CI", "expires_at": None})
+    created = await client.post(
+        "/v1/user/api-keys", headers=headers, json={"name": "ci", "description": "for CI", "expires_at": None}
+    )
     assert created.status_code == 201, created.text
     body = created.json()
     key, info = body["key"], body["api_key"]
     assert key.startswith("rfs") and len(key) == 67
     assert info["prefix"] == key[:8] and info["is_active"] is True and info["description"] == "for CI"
     # stored only as a hash
-    assert count(sync_engine, "SELECT count(*) FROM user_api_keys WHERE key_hash = :h AND hash_algo = 'sha256'",
-                 h=sha256_hex(key)) == 1
+    assert (
+        count(
+            sync_engine,
+            "SELECT count(*) FROM user_api_keys WHERE key_hash = :h AND hash_algo = 'sha256'",
+            h=sha256_hex(key),
+        )
+        == 1
+    )
     assert count(sync_engine, "SELECT count(*) FROM user_api_keys WHERE key_hash = :k", k=key) == 0
 
     me = await client.get("/v1/user", headers={"X-API-Key": key})
@@ -42,17 +49,25 @@ async def test_api_key_lifecycle(client: httpx.AsyncClient, sync_engine: Engine)
     after = await client.get("/v1/user", headers={"X-API-Key": key})
     assert after.status_code == 401 and after.json()["code"] == "invalid_api_key"
     assert (await client.get("/v1/user/api-keys", headers=headers)).json()["api_keys"] == []
-    assert count(sync_engine, "SELECT count(*) FROM security_audit_events WHERE event_type IN "
-                              "('api_key_created', 'api_key_revoked')") == 2
+    assert (
+        count(
+            sync_engine,
+            "SELECT count(*) FROM security_audit_events WHERE event_type IN ('api_key_created', 'api_key_revoked')",
+        )
+        == 2
+    )
 
 
 async def test_other_users_key_is_404_and_unchanged(client: httpx.AsyncClient, sync_engine: Engine) -> None:
     alice = await register(client)
     bob = await register(client)
-    key_id = (await client.post("/v1/user/api-keys", headers=bearer(alice["token"]), json={"name": "a"})).json()["api_key"]["id"]
+    key_id = (await client.post("/v1/user/api-keys", headers=bearer(alice["token"]), json={"name": "a"})).json()[
+        "api_key"
+    ]["id"]
     before = snapshot(sync_engine)
-    assert (await client.put(f"/v1/user/api-keys/{key_id}", headers=bearer(bob["token"]),
-                             json={"name": "stolen"})).status_code == 404
+    assert (
+        await client.put(f"/v1/user/api-keys/{key_id}", headers=bearer(bob["token"]), json={"name": "stolen"})
+    ).status_code == 404
     assert (await client.delete(f"/v1/user/api-keys/{key_id}", headers=bearer(bob["token"]))).status_code == 404
     assert snapshot(sync_engine) == before
 
@@ -64,7 +79,9 @@ async def test_expiry(client: httpx.AsyncClient, sync_engine: Engine) -> None:
     refused = await client.post("/v1/user/api-keys", headers=headers, json={"name": "old", "expires_at": past})
     assert refused.status_code == 422
     soon = (datetime.now(UTC) + timedelta(days=1)).isoformat()
-    created = (await client.post("/v1/user/api-keys", headers=headers, json={"name": "soon", "expires_at": soon})).json()
+    created = (
+        await client.post("/v1/user/api-keys", headers=headers, json={"name": "soon", "expires_at": soon})
+    ).json()
     assert (await client.get("/v1/user", headers={"X-API-Key": created["key"]})).status_code == 200
     with sync_engine.begin() as conn:
         conn.execute(text("UPDATE user_api_keys SET expires_at = now() - interval '1 second'"))
@@ -84,13 +101,25 @@ async def test_legacy_bcrypt_key_works_and_is_converted(client: httpx.AsyncClien
     plain = "rfs" + "ab" * 32
     with sync_engine.begin() as conn:
         conn.execute(
-            text("INSERT INTO user_api_keys (id, user_id, name, key_hash, hash_algo, prefix, is_active) "
-                 "VALUES ('uak_legacy', :u, 'legacy', :h, 'bcrypt', :p, true)"),
-            {"u": reg["user"]["id"], "h": bcrypt.hashpw(plain.encode(), bcrypt.gensalt(rounds=4)).decode(), "p": plain[:8]},
+            text(
+                "INSERT INTO user_api_keys (id, user_id, name, key_hash, hash_algo, prefix, is_active) "
+                "VALUES ('uak_legacy', :u, 'legacy', :h, 'bcrypt', :p, true)"
+            ),
+            {
+                "u": reg["user"]["id"],
+                "h": bcrypt.hashpw(plain.encode(), bcrypt.gensalt(rounds=4)).decode(),
+                "p": plain[:8],
+            },
         )
     assert (await client.get("/v1/user", headers={"X-API-Key": plain})).status_code == 200
-    assert count(sync_engine, "SELECT count(*) FROM user_api_keys WHERE id = 'uak_legacy' AND hash_algo = 'sha256' "
-                              "AND key_hash = :h", h=sha256_hex(plain)) == 1
+    assert (
+        count(
+            sync_engine,
+            "SELECT count(*) FROM user_api_keys WHERE id = 'uak_legacy' AND hash_algo = 'sha256' AND key_hash = :h",
+            h=sha256_hex(plain),
+        )
+        == 1
+    )
     assert (await client.get("/v1/user", headers={"X-API-Key": plain})).status_code == 200
     wrong = "rfs" + "ab" * 31 + "cd"
     assert (await client.get("/v1/user", headers={"X-API-Key": wrong})).status_code == 401

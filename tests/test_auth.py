@@ -21,13 +21,26 @@ async def test_register_creates_user_personal_org_and_limits(client: httpx.Async
     body = response.json()
     assert body["user"]["email"] == "ada@example.com"
     assert body["user"]["id"].startswith("user_")
-    assert body["org"]["type"] == "personal" and body["org"]["id"].startswith("org_")
-    assert body["expires_in"] == 3600 and body["refresh_threshold"] == 600 and body["token"]
+    assert body["org"]["type"] == "personal"
+    assert body["org"]["id"].startswith("org_")
+    assert body["expires_in"] == 3600
+    assert body["refresh_threshold"] == 600
+    assert body["token"]
     assert response.headers["x-request-id"]
     user_id, org_id = body["user"]["id"], body["org"]["id"]
-    assert count(sync_engine, "SELECT count(*) FROM orgs WHERE id = :o AND personal_user_id = :u", o=org_id, u=user_id) == 1
-    assert count(sync_engine, "SELECT count(*) FROM org_users WHERE org_id = :o AND user_id = :u AND role = 'owner'",
-                 o=org_id, u=user_id) == 1
+    assert (
+        count(sync_engine, "SELECT count(*) FROM orgs WHERE id = :o AND personal_user_id = :u", o=org_id, u=user_id)
+        == 1
+    )
+    assert (
+        count(
+            sync_engine,
+            "SELECT count(*) FROM org_users WHERE org_id = :o AND user_id = :u AND role = 'owner'",
+            o=org_id,
+            u=user_id,
+        )
+        == 1
+    )
     assert count(sync_engine, "SELECT max_graphs FROM org_limits WHERE org_id = :o", o=org_id) == 100
     with sync_engine.connect() as conn:
         stored = conn.execute(text("SELECT password_hash FROM users WHERE id = :u"), {"u": user_id}).scalar_one()
@@ -39,7 +52,9 @@ async def test_duplicate_email_any_case_is_409_and_changes_nothing(
 ) -> None:
     await register(client, "dup@example.com")
     before = snapshot(sync_engine)
-    response = await client.post("/v1/auth/register", json={"name": "X", "email": "DUP@example.com", "password": PASSWORD})
+    response = await client.post(
+        "/v1/auth/register", json={"name": "X", "email": "DUP@example.com", "password": PASSWORD}
+    )
     assert response.status_code == 409
     assert response.json()["code"] == "email_taken"
     assert snapshot(sync_engine) == before
@@ -49,11 +64,13 @@ async def test_duplicate_email_any_case_is_409_and_changes_nothing(
     ("password", "fragment"),
     [("short pw 1", "at least 12"), ("password1234", "too common"), ("x" * 129, "at most 128")],
 )
-async def test_weak_passwords_are_422(client: httpx.AsyncClient, sync_engine: Engine, password: str, fragment: str) -> None:
+async def test_weak_passwords_are_422(
+    client: httpx.AsyncClient, sync_engine: Engine, password: str, fragment: str
+) -> None:
     response = await client.post("/v1/auth/register", json={"name": "W", "email": unique_email(), "password": password})
     assert response.status_code == 422
     assert response.json()["code"] == "weak_password"
-    assert fragment in response.json()["detail"]
+    assert any(fragment in e["msg"] for e in response.json()["detail"])
     assert count(sync_engine, "SELECT count(*) FROM users") == 0
 
 
@@ -61,8 +78,10 @@ async def test_twenty_concurrent_registrations_of_one_email(client: httpx.AsyncC
     email = unique_email("race")
 
     async def attempt(i: int) -> int:
-        r = await client.post("/v1/auth/register", json={"name": f"R{i}", "email": email.upper() if i % 2 else email,
-                                                         "password": PASSWORD})
+        r = await client.post(
+            "/v1/auth/register",
+            json={"name": f"R{i}", "email": email.upper() if i % 2 else email, "password": PASSWORD},
+        )
         return r.status_code
 
     statuses = await asyncio.gather(*(attempt(i) for i in range(20)))
@@ -74,7 +93,9 @@ async def test_twenty_concurrent_registrations_of_one_email(client: httpx.AsyncC
 
 async def test_registration_disabled_is_503(app_factory, sync_engine: Engine) -> None:  # type: ignore[no-untyped-def]
     async with app_factory(user_registration_enabled=False) as (_, client):
-        response = await client.post("/v1/auth/register", json={"name": "N", "email": unique_email(), "password": PASSWORD})
+        response = await client.post(
+            "/v1/auth/register", json={"name": "N", "email": unique_email(), "password": PASSWORD}
+        )
     assert response.status_code == 503
     assert response.json()["code"] == "registration_disabled"
     assert count(sync_engine, "SELECT count(*) FROM users") == 0
@@ -110,20 +131,27 @@ async def test_login_with_org_id_requires_live_membership(client: httpx.AsyncCli
     bob = await register(client, unique_email("bob"))
     with sync_engine.begin() as conn:
         conn.execute(text("INSERT INTO orgs (id, name, org_type) VALUES ('org_team1', 'Team', 'team')"))
-        conn.execute(text("INSERT INTO org_users (id, org_id, user_id, role) VALUES ('ou_t1', 'org_team1', :u, 'member')"),
-                     {"u": alice["user"]["id"]})
-    ok = await client.post("/v1/auth/login", json={"email": alice["user"]["email"], "password": PASSWORD,
-                                                   "org_id": "org_team1"})
-    assert ok.status_code == 200 and ok.json()["org"]["id"] == "org_team1" and ok.json()["org"]["role"] == "member"
-    denied = await client.post("/v1/auth/login", json={"email": bob["user"]["email"], "password": PASSWORD,
-                                                       "org_id": "org_team1"})
+        conn.execute(
+            text("INSERT INTO org_users (id, org_id, user_id, role) VALUES ('ou_t1', 'org_team1', :u, 'member')"),
+            {"u": alice["user"]["id"]},
+        )
+    ok = await client.post(
+        "/v1/auth/login", json={"email": alice["user"]["email"], "password": PASSWORD, "org_id": "org_team1"}
+    )
+    assert ok.status_code == 200
+    assert ok.json()["org"]["id"] == "org_team1"
+    assert ok.json()["org"]["role"] == "member"
+    denied = await client.post(
+        "/v1/auth/login", json={"email": bob["user"]["email"], "password": PASSWORD, "org_id": "org_team1"}
+    )
     assert denied.status_code == 404
     # The token's org is a default, never a grant: remove the membership and /me stops showing it.
     token = ok.json()["token"]
     with sync_engine.begin() as conn:
         conn.execute(text("DELETE FROM org_users WHERE id = 'ou_t1'"))
     me = await client.get("/v1/auth/me", headers=bearer(token))
-    assert me.status_code == 200 and me.json()["org"] is None
+    assert me.status_code == 200
+    assert me.json()["org"] is None
 
 
 async def test_logout_revokes_at_once(client: httpx.AsyncClient, sync_engine: Engine) -> None:
@@ -185,18 +213,22 @@ async def test_refresh_within_grace_but_not_after(app: FastAPI, client: httpx.As
     recent = await _expired_token(app, sync_engine, user_id, org_id, minutes_ago=2)
     stale = await _expired_token(app, sync_engine, user_id, org_id, minutes_ago=10)
     me = await client.get("/v1/auth/me", headers=bearer(recent))
-    assert me.status_code == 401 and me.json()["code"] == "token_expired"
+    assert me.status_code == 401
+    assert me.json()["code"] == "token_expired"
     assert (await client.post("/v1/auth/refresh", headers=bearer(recent))).status_code == 200
     late = await client.post("/v1/auth/refresh", headers=bearer(stale))
-    assert late.status_code == 401 and late.json()["code"] == "token_expired"
+    assert late.status_code == 401
+    assert late.json()["code"] == "token_expired"
 
 
 async def test_switch_org(client: httpx.AsyncClient, sync_engine: Engine) -> None:
     reg = await register(client)
     with sync_engine.begin() as conn:
         conn.execute(text("INSERT INTO orgs (id, name, org_type) VALUES ('org_team2', 'Team Two', 'team')"))
-        conn.execute(text("INSERT INTO org_users (id, org_id, user_id, role) VALUES ('ou_t2', 'org_team2', :u, 'admin')"),
-                     {"u": reg["user"]["id"]})
+        conn.execute(
+            text("INSERT INTO org_users (id, org_id, user_id, role) VALUES ('ou_t2', 'org_team2', :u, 'admin')"),
+            {"u": reg["user"]["id"]},
+        )
         conn.execute(text("INSERT INTO orgs (id, name, org_type) VALUES ('org_other', 'Other', 'team')"))
     switched = await client.post("/v1/auth/switch-org", json={"org_id": "org_team2"}, headers=bearer(reg["token"]))
     assert switched.status_code == 200
@@ -209,8 +241,9 @@ async def test_switch_org(client: httpx.AsyncClient, sync_engine: Engine) -> Non
     assert missing.status_code == 404
     with sync_engine.begin() as conn:
         conn.execute(text("UPDATE orgs SET deleted_at = now() WHERE id = 'org_team2'"))
-    assert (await client.post("/v1/auth/switch-org", json={"org_id": "org_team2"},
-                              headers=bearer(new_token))).status_code == 404
+    assert (
+        await client.post("/v1/auth/switch-org", json={"org_id": "org_team2"}, headers=bearer(new_token))
+    ).status_code == 404
 
 
 async def test_security_audit_is_append_only(client: httpx.AsyncClient, sync_engine: Engine) -> None:

@@ -27,15 +27,18 @@ async def test_login_rate_limit_per_ip_and_email(app_factory) -> None:  # type: 
         assert int(limited.headers["Retry-After"]) >= 1
         # another email from the same IP is not affected
         await register(client, "other-rl@example.com")
-        assert (await client.post("/v1/auth/login", json={"email": "other-rl@example.com",
-                                                          "password": PASSWORD})).status_code == 200
+        assert (
+            await client.post("/v1/auth/login", json={"email": "other-rl@example.com", "password": PASSWORD})
+        ).status_code == 200
 
 
 async def test_account_failure_cap_locks_even_the_right_password(app_factory, sync_engine: Engine) -> None:  # type: ignore[no-untyped-def]
     async with app_factory(rate_limit_login_failures_per_account="3/hour") as (_, client):
         await register(client, "locked@example.com")
         for _ in range(3):
-            r = await client.post("/v1/auth/login", json={"email": "locked@example.com", "password": "wrong password!!"})
+            r = await client.post(
+                "/v1/auth/login", json={"email": "locked@example.com", "password": "wrong password!!"}
+            )
             assert r.status_code == 401
         locked = await client.post("/v1/auth/login", json={"email": "locked@example.com", "password": PASSWORD})
         assert locked.status_code == 429 and "Retry-After" in locked.headers
@@ -43,13 +46,20 @@ async def test_account_failure_cap_locks_even_the_right_password(app_factory, sy
 
 
 async def test_register_and_forgot_rate_limits(app_factory) -> None:  # type: ignore[no-untyped-def]
-    async with app_factory(rate_limit_register_per_ip="2/hour", rate_limit_forgot_password_per_email="2/hour") as (_, c):
+    async with app_factory(rate_limit_register_per_ip="2/hour", rate_limit_forgot_password_per_email="2/hour") as (
+        _,
+        c,
+    ):
         codes = [
-            (await c.post("/v1/auth/register", json={"name": "n", "email": unique_email(), "password": PASSWORD})).status_code
+            (
+                await c.post("/v1/auth/register", json={"name": "n", "email": unique_email(), "password": PASSWORD})
+            ).status_code
             for _ in range(3)
         ]
         assert codes == [201, 201, 429]
-        forgot = [(await c.post("/v1/auth/password/forgot", json={"email": "x@example.com"})).status_code for _ in range(3)]
+        forgot = [
+            (await c.post("/v1/auth/password/forgot", json={"email": "x@example.com"})).status_code for _ in range(3)
+        ]
         assert forgot == [200, 200, 429]
 
 
@@ -58,13 +68,23 @@ async def test_register_and_forgot_rate_limits(app_factory) -> None:  # type: ig
     [
         ("/v1/auth/register", b"{not json", {"content-type": "application/json"}),
         ("/v1/auth/register", b'{"name": 5, "email": ["a"], "password": null}', {"content-type": "application/json"}),
-        ("/v1/auth/register", b'{"name": "x", "email": "not-an-email", "password": "long enough password"}',
-         {"content-type": "application/json"}),
-        ("/v1/auth/register", b'{"name": "' + b"n" * 300 + b'", "email": "a@example.com", "password": "long enough pw!"}',
-         {"content-type": "application/json"}),
+        (
+            "/v1/auth/register",
+            b'{"name": "x", "email": "not-an-email", "password": "long enough password"}',
+            {"content-type": "application/json"},
+        ),
+        (
+            "/v1/auth/register",
+            b'{"name": "' + b"n" * 300 + b'", "email": "a@example.com", "password": "long enough pw!"}',
+            {"content-type": "application/json"},
+        ),
         ("/v1/auth/login", b"[]", {"content-type": "application/json"}),
         ("/v1/auth/login", b"", {"content-type": "application/json"}),
-        ("/v1/auth/register", "{\"name\": \"\udcff\"}".encode("utf-8", "surrogatepass"), {"content-type": "application/json"}),
+        (
+            "/v1/auth/register",
+            '{"name": "\udcff"}'.encode("utf-8", "surrogatepass"),
+            {"content-type": "application/json"},
+        ),
     ],
 )
 async def test_bad_input_is_4xx_and_changes_nothing(
@@ -129,12 +149,20 @@ async def test_readyz_reports_database_down(app_factory) -> None:  # type: ignor
 
 def test_production_refuses_placeholder_or_missing_secret(tmp_path: Path) -> None:
     for secret in ("", "changeme", "short"):
-        settings = Settings(_env_file=None, environment="production", jwt_secret_key=secret,  # type: ignore[call-arg]
-                            robosystems_data_dir=tmp_path)
+        settings = Settings(
+            _env_file=None,
+            environment="production",
+            jwt_secret_key=secret,  # type: ignore[call-arg]
+            robosystems_data_dir=tmp_path,
+        )
         with pytest.raises(ConfigError, match="JWT_SECRET_KEY"):
             settings.ensure_secrets()
-    ok = Settings(_env_file=None, environment="production", jwt_secret_key="s" * 48,  # type: ignore[call-arg]
-                  robosystems_data_dir=tmp_path)
+    ok = Settings(
+        _env_file=None,
+        environment="production",
+        jwt_secret_key="s" * 48,  # type: ignore[call-arg]
+        robosystems_data_dir=tmp_path,
+    )
     ok.ensure_secrets()
 
 

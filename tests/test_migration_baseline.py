@@ -574,7 +574,8 @@ def test_seed_legacy_sample(baseline_engine: sa.Engine) -> None:
 
     users = seeded["users"]
     graphs = seeded["graphs"]
-    assert isinstance(users, dict) and isinstance(graphs, dict)
+    assert isinstance(users, dict)
+    assert isinstance(graphs, dict)
     with baseline_engine.connect() as conn:
 
         def scalar(sql: str, **params: object) -> Any:
@@ -602,7 +603,8 @@ def test_seed_legacy_sample(baseline_engine: sa.Engine) -> None:
         key_hash, prefix = conn.execute(
             sa.text("SELECT key_hash, prefix FROM user_api_keys WHERE id = :id"), {"id": api_key["id"]}
         ).one()
-        assert prefix == api_key["plain"][:8] and api_key["plain"].startswith("rfs")
+        assert prefix == api_key["plain"][:8]
+        assert api_key["plain"].startswith("rfs")
         assert bcrypt.checkpw(api_key["plain"].encode(), key_hash.encode())
         token = seeded["password_reset_token"]
         assert isinstance(token, dict)

@@ -20,15 +20,20 @@ async def test_policy_and_strength_check(client: httpx.AsyncClient) -> None:
     strong = (await client.post("/v1/auth/password/check", json={"password": "mauve-otter-quietly-95-sings"})).json()
     assert strong["is_valid"] is True and strong["score"] >= 3 and strong["errors"] == []
     assert set(strong["character_types"]) == {"lowercase", "uppercase", "digits", "special"}
-    same_as_email = (await client.post("/v1/auth/password/check",
-                                       json={"password": "someone.long@example.com", "email": "someone.long@example.com"})).json()
+    same_as_email = (
+        await client.post(
+            "/v1/auth/password/check",
+            json={"password": "someone.long@example.com", "email": "someone.long@example.com"},
+        )
+    ).json()
     assert same_as_email["is_valid"] is False
 
 
 async def test_forgot_password_same_answer_and_reset_flow(client: httpx.AsyncClient, sync_engine: Engine) -> None:
     reg = await register(client, "forgetful@example.com")
-    other_session = (await client.post("/v1/auth/login", json={"email": "forgetful@example.com",
-                                                                "password": PASSWORD})).json()["token"]
+    other_session = (
+        await client.post("/v1/auth/login", json={"email": "forgetful@example.com", "password": PASSWORD})
+    ).json()["token"]
     known = await client.post("/v1/auth/password/forgot", json={"email": "Forgetful@example.com"})
     unknown = await client.post("/v1/auth/password/forgot", json={"email": "nobody-here@example.com"})
     assert known.status_code == unknown.status_code == 200
@@ -53,10 +58,12 @@ async def test_forgot_password_same_answer_and_reset_flow(client: httpx.AsyncCli
     # single use
     again = await client.post("/v1/auth/password/reset", json={"token": token, "new_password": NEW_PASSWORD + "x"})
     assert again.status_code == 400 and again.json()["code"] == "invalid_token"
-    assert (await client.post("/v1/auth/login", json={"email": "forgetful@example.com",
-                                                      "password": NEW_PASSWORD})).status_code == 200
-    assert (await client.post("/v1/auth/login", json={"email": "forgetful@example.com",
-                                                      "password": PASSWORD})).status_code == 401
+    assert (
+        await client.post("/v1/auth/login", json={"email": "forgetful@example.com", "password": NEW_PASSWORD})
+    ).status_code == 200
+    assert (
+        await client.post("/v1/auth/login", json={"email": "forgetful@example.com", "password": PASSWORD})
+    ).status_code == 401
 
 
 async def test_expired_reset_token_is_refused(client: httpx.AsyncClient, sync_engine: Engine) -> None:
@@ -100,17 +107,27 @@ async def test_resend_when_verification_disabled_is_503(client: httpx.AsyncClien
 
 async def test_password_change(client: httpx.AsyncClient, sync_engine: Engine) -> None:
     reg = await register(client, "changer@example.com")
-    second = (await client.post("/v1/auth/login", json={"email": "changer@example.com",
-                                                        "password": PASSWORD})).json()["token"]
+    second = (await client.post("/v1/auth/login", json={"email": "changer@example.com", "password": PASSWORD})).json()[
+        "token"
+    ]
     headers = bearer(reg["token"])
-    wrong = await client.put("/v1/user/password", headers=headers, json={
-        "current_password": "not my password!", "new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD})
+    wrong = await client.put(
+        "/v1/user/password",
+        headers=headers,
+        json={"current_password": "not my password!", "new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD},
+    )
     assert wrong.status_code == 400 and wrong.json()["code"] == "invalid_current_password"
-    mismatch = await client.put("/v1/user/password", headers=headers, json={
-        "current_password": PASSWORD, "new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD + "!"})
+    mismatch = await client.put(
+        "/v1/user/password",
+        headers=headers,
+        json={"current_password": PASSWORD, "new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD + "!"},
+    )
     assert mismatch.status_code == 400 and mismatch.json()["code"] == "password_mismatch"
-    ok = await client.put("/v1/user/password", headers=headers, json={
-        "current_password": PASSWORD, "new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD})
+    ok = await client.put(
+        "/v1/user/password",
+        headers=headers,
+        json={"current_password": PASSWORD, "new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD},
+    )
     assert ok.status_code == 200 and ok.json()["success"] is True
     assert (await client.get("/v1/user", headers=headers)).status_code == 200  # current session kept
     assert (await client.get("/v1/user", headers=bearer(second))).status_code == 401  # others revoked
@@ -128,8 +145,9 @@ async def test_profile_update(client: httpx.AsyncClient, sync_engine: Engine) ->
     assert snapshot(sync_engine) == before
     moved = await client.put("/v1/user", headers=headers, json={"email": "Second@Example.com"})
     assert moved.status_code == 200 and moved.json()["email"] == "second@example.com"
-    assert (await client.post("/v1/auth/login", json={"email": "second@example.com",
-                                                      "password": PASSWORD})).status_code == 200
+    assert (
+        await client.post("/v1/auth/login", json={"email": "second@example.com", "password": PASSWORD})
+    ).status_code == 200
 
 
 async def test_rehash_of_legacy_bcrypt_password_on_login(client: httpx.AsyncClient, sync_engine: Engine) -> None:
@@ -138,10 +156,16 @@ async def test_rehash_of_legacy_bcrypt_password_on_login(client: httpx.AsyncClie
     reg = await register(client, "legacy@example.com")
     legacy_hash = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
     with sync_engine.begin() as conn:
-        conn.execute(text("UPDATE users SET password_hash = :h WHERE id = :u"), {"h": legacy_hash, "u": reg["user"]["id"]})
-    assert (await client.post("/v1/auth/login", json={"email": "legacy@example.com", "password": PASSWORD})).status_code == 200
+        conn.execute(
+            text("UPDATE users SET password_hash = :h WHERE id = :u"), {"h": legacy_hash, "u": reg["user"]["id"]}
+        )
+    assert (
+        await client.post("/v1/auth/login", json={"email": "legacy@example.com", "password": PASSWORD})
+    ).status_code == 200
     with sync_engine.connect() as conn:
-        stored = conn.execute(text("SELECT password_hash FROM users WHERE id = :u"), {"u": reg["user"]["id"]}).scalar_one()
+        stored = conn.execute(
+            text("SELECT password_hash FROM users WHERE id = :u"), {"u": reg["user"]["id"]}
+        ).scalar_one()
     assert stored.startswith("$argon2id$")
 
 

@@ -64,16 +64,31 @@ END $$;
 
 
 def _default_graph_limit() -> int:
-    try:
-        return int(os.environ.get("ORG_GRAPHS_DEFAULT_LIMIT", "100"))
-    except ValueError:
+    """``ORG_GRAPHS_DEFAULT_LIMIT`` from the environment (as Settings reads it), else 100.
+
+    An unusable value stops the upgrade: silently falling back to 100 would hand every user without a legacy
+    ``user_limits`` row the code default instead of the configured one (e.g. production's 5).
+    """
+    raw = os.environ.get("ORG_GRAPHS_DEFAULT_LIMIT")
+    if raw is None:
         return 100
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = -2
+    if value < -1:
+        raise RuntimeError(
+            f"ORG_GRAPHS_DEFAULT_LIMIT={raw!r} is not a whole number >= -1; "
+            "fix it before upgrading (nothing was changed)"
+        )
+    return value
 
 
 def _stop_on_case_duplicates(conn: sa.Connection) -> None:
     rows = conn.execute(
         sa.text(
-            "SELECT lower(btrim(email)) AS e, string_agg(id || ' <' || email || '>', ', ' ORDER BY id) AS who "
+            "SELECT lower(btrim(email)) AS e, "
+            "string_agg(id || ' <' || email || '>', ', ' ORDER BY id) AS who "
             "FROM users GROUP BY lower(btrim(email)) HAVING count(*) > 1 ORDER BY 1"
         )
     ).all()
@@ -87,6 +102,7 @@ def _stop_on_case_duplicates(conn: sa.Connection) -> None:
 
 def upgrade() -> None:
     conn = op.get_bind()
+    default_limit = _default_graph_limit()  # checked before anything changes
     _stop_on_case_duplicates(conn)
     op.execute(ULID_FUNCTION)
     op.execute(APPEND_ONLY_FUNCTION)
@@ -102,7 +118,7 @@ def upgrade() -> None:
         "SELECT id, email FROM users WHERE email <> lower(btrim(email)) ON CONFLICT DO NOTHING"
     )
     op.execute("UPDATE users SET email = lower(btrim(email)) WHERE email <> lower(btrim(email))")
-    op.create_check_constraint("ck_users_email_lowercase", "users", "email = lower(email)")
+    op.create_check_constraint(op.f("ck_users_email_lowercase"), "users", "email = lower(email)")
 
     # --- timezone-aware timestamps and server defaults ----------------------------------------
     for table, columns in TZ_COLUMNS.items():
@@ -125,7 +141,7 @@ def upgrade() -> None:
     op.alter_column("user_api_keys", "hash_algo", server_default="sha256")
     op.add_column("user_api_keys", sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True))
     op.alter_column("user_api_keys", "is_active", server_default=sa.true())
-    op.create_check_constraint("ck_user_api_keys_hash_algo", "user_api_keys", "hash_algo IN ('sha256', 'bcrypt')")
+    op.create_check_constraint(op.f("ck_user_api_keys_hash_algo"), "user_api_keys", "hash_algo IN ('sha256', 'bcrypt')")
 
     # --- orgs ----------------------------------------------------------------------------------
     op.create_table(
@@ -142,8 +158,10 @@ def upgrade() -> None:
             ["personal_user_id"], ["users.id"], name="fk_orgs_personal_user_id_users", ondelete="CASCADE"
         ),
         sa.UniqueConstraint("personal_user_id", name="uq_orgs_personal_user_id"),
-        sa.CheckConstraint("org_type IN ('personal', 'team', 'enterprise')", name="ck_orgs_org_type"),
-        sa.CheckConstraint("(org_type = 'personal') = (personal_user_id IS NOT NULL)", name="ck_orgs_personal_owner"),
+        sa.CheckConstraint("org_type IN ('personal', 'team', 'enterprise')", name=op.f("ck_orgs_org_type")),
+        sa.CheckConstraint(
+            "(org_type = 'personal') = (personal_user_id IS NOT NULL)", name=op.f("ck_orgs_personal_owner")
+        ),
     )
     op.create_table(
         "org_users",
@@ -159,7 +177,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["org_id"], ["orgs.id"], name="fk_org_users_org_id_orgs", ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], name="fk_org_users_user_id_users", ondelete="CASCADE"),
         sa.UniqueConstraint("org_id", "user_id", name="uq_org_users_org_id_user_id"),
-        sa.CheckConstraint("role IN ('owner', 'admin', 'member')", name="ck_org_users_role"),
+        sa.CheckConstraint("role IN ('owner', 'admin', 'member')", name=op.f("ck_org_users_role")),
     )
     op.create_index("ix_org_users_user_id", "org_users", ["user_id"])
     op.create_table(
@@ -172,7 +190,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_org_limits"),
         sa.ForeignKeyConstraint(["org_id"], ["orgs.id"], name="fk_org_limits_org_id_orgs", ondelete="CASCADE"),
         sa.UniqueConstraint("org_id", name="uq_org_limits_org_id"),
-        sa.CheckConstraint("max_graphs >= -1", name="ck_org_limits_max_graphs"),
+        sa.CheckConstraint("max_graphs >= -1", name=op.f("ck_org_limits_max_graphs")),
     )
 
     # --- personal orgs for every user (inactive ones too) -------------------------------------
@@ -194,7 +212,7 @@ def upgrade() -> None:
             "FROM orgs o LEFT JOIN user_limits ul ON ul.user_id = o.personal_user_id "
             "WHERE o.org_type = 'personal' ON CONFLICT (org_id) DO NOTHING"
         ),
-        {"default_limit": _default_graph_limit()},
+        {"default_limit": default_limit},
     )
     op.drop_table("user_limits")
 
@@ -212,9 +230,7 @@ def upgrade() -> None:
         sa.Column("user_agent", sa.String(512), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_auth_sessions"),
-        sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name="fk_auth_sessions_user_id_users", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name="fk_auth_sessions_user_id_users", ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["org_id"], ["orgs.id"], name="fk_auth_sessions_org_id_orgs", ondelete="SET NULL"),
     )
     op.create_index("ix_auth_sessions_user_id_revoked_at", "auth_sessions", ["user_id", "revoked_at"])
@@ -232,9 +248,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_security_audit_events"),
     )
-    op.create_index(
-        "ix_security_audit_events_user_id_created_at", "security_audit_events", ["user_id", "created_at"]
-    )
+    op.create_index("ix_security_audit_events_user_id_created_at", "security_audit_events", ["user_id", "created_at"])
     op.create_index(
         "ix_security_audit_events_event_type_created_at", "security_audit_events", ["event_type", "created_at"]
     )
@@ -257,7 +271,7 @@ def upgrade() -> None:
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_mail_outbox"),
-        sa.CheckConstraint("status IN ('pending', 'sent', 'failed')", name="ck_mail_outbox_status"),
+        sa.CheckConstraint("status IN ('pending', 'sent', 'failed')", name=op.f("ck_mail_outbox_status")),
     )
     op.create_index("ix_mail_outbox_status_next_attempt_at", "mail_outbox", ["status", "next_attempt_at"])
 
@@ -277,6 +291,9 @@ def _refuse_lossy_downgrade(conn: sa.Connection) -> None:
         "queued mails": "SELECT count(*) FROM mail_outbox WHERE status = 'pending'",
         "API keys stored as SHA-256 (the legacy code cannot verify them)": (
             "SELECT count(*) FROM user_api_keys WHERE hash_algo = 'sha256'"
+        ),
+        "passwords hashed with Argon2id (the legacy code verifies bcrypt only)": (
+            "SELECT count(*) FROM users WHERE starts_with(password_hash, '$argon2')"
         ),
     }
     lost = {what: conn.execute(sa.text(sql)).scalar_one() for what, sql in checks.items()}
@@ -319,7 +336,7 @@ def downgrade() -> None:
     op.drop_table("org_users")
     op.drop_table("orgs")
 
-    op.drop_constraint("ck_user_api_keys_hash_algo", "user_api_keys", type_="check")
+    op.drop_constraint(op.f("ck_user_api_keys_hash_algo"), "user_api_keys", type_="check")
     op.drop_column("user_api_keys", "revoked_at")
     op.drop_column("user_api_keys", "hash_algo")
     op.alter_column("user_api_keys", "is_active", server_default=None)
@@ -335,8 +352,12 @@ def downgrade() -> None:
                 table, column, type_=sa.DateTime(timezone=False), postgresql_using=f"{column} AT TIME ZONE 'UTC'"
             )
 
-    op.drop_constraint("ck_users_email_lowercase", "users", type_="check")
-    op.execute("UPDATE users u SET email = l.original_email FROM legacy_email_case l WHERE l.user_id = u.id")
+    op.drop_constraint(op.f("ck_users_email_lowercase"), "users", type_="check")
+    # Only where the address is still the one that was lower-cased: an email changed since the upgrade stays.
+    op.execute(
+        "UPDATE users u SET email = l.original_email FROM legacy_email_case l "
+        "WHERE l.user_id = u.id AND u.email = lower(btrim(l.original_email))"
+    )
     op.drop_table("legacy_email_case")
     op.execute("DROP FUNCTION IF EXISTS rs_refuse_change()")
     op.execute("DROP FUNCTION IF EXISTS rs_ulid()")

@@ -36,9 +36,7 @@ async def record_security_event(
     )
 
 
-async def record_security_event_now(
-    maker: Any, event_type: str, **kwargs: Any
-) -> None:
+async def record_security_event_now(maker: Any, event_type: str, **kwargs: Any) -> None:
     """Write a security event in its own transaction (for requests that are about to fail,
     whose own transaction will be rolled back)."""
     async with maker() as session, session.begin():

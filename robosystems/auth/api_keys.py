@@ -10,9 +10,10 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import bcrypt
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import ColumnElement, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.concurrency import run_in_threadpool
 
@@ -39,7 +40,7 @@ def generate_key() -> str:
     return KEY_PREFIX + secrets.token_hex(32)
 
 
-def _usable(now: datetime) -> list[object]:
+def _usable(now: datetime) -> list[ColumnElement[bool]]:
     return [
         ApiKey.is_active.is_(True),
         or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
@@ -52,7 +53,7 @@ async def authenticate(session: AsyncSession, services: AppServices, key: str) -
         return None
     now = datetime.now(UTC)
     cols = (ApiKey.id, ApiKey.last_used_at, User.id.label("user_id"), User.email, User.name, User.email_verified)
-    row = (
+    row: Any = (
         await session.execute(
             select(*cols)
             .join(User, User.id == ApiKey.user_id)
@@ -68,10 +69,10 @@ async def authenticate(session: AsyncSession, services: AppServices, key: str) -
     return KeyOwner(row.id, row.user_id, row.email, row.name, row.email_verified)
 
 
-async def _legacy_bcrypt_match(session: AsyncSession, key: str, now: datetime, cols: tuple[object, ...]):  # type: ignore[no-untyped-def]
+async def _legacy_bcrypt_match(session: AsyncSession, key: str, now: datetime, cols: tuple[Any, ...]) -> Any:
     candidates = (
         await session.execute(
-            select(*cols, ApiKey.key_hash)  # type: ignore[call-overload]
+            select(*cols, ApiKey.key_hash)
             .join(User, User.id == ApiKey.user_id)
             .where(ApiKey.prefix == key[:8], ApiKey.hash_algo == "bcrypt", *_usable(now))
         )

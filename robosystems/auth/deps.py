@@ -56,7 +56,9 @@ async def _principal_from_token(
         raise Unauthorized("Token expired", code="token_expired") from exc
     except InvalidToken as exc:
         await record_security_event_now(
-            services.sessionmaker, "token_invalid", user_agent=request.headers.get("user-agent"),
+            services.sessionmaker,
+            "token_invalid",
+            user_agent=request.headers.get("user-agent"),
             details={"path": request.url.path},
         )
         raise Unauthorized("Invalid token", code="invalid_token") from exc
@@ -74,7 +76,9 @@ async def _principal_from_token(
     ).one_or_none()
     if row is None or row.revoked_at is not None:
         await record_security_event_now(
-            services.sessionmaker, "revoked_token_used", user_id=claims.user_id,
+            services.sessionmaker,
+            "revoked_token_used",
+            user_id=claims.user_id,
             user_agent=request.headers.get("user-agent"),
             details={"session_id": claims.session_id, "path": request.url.path},
         )
@@ -90,9 +94,16 @@ async def _principal_from_token(
     )
 
 
+# scope="function": the request's transaction commits when the handler returns, BEFORE the response
+# is sent (FastAPI's default "request" scope would commit after the client already has the answer,
+# so a client could act on a 2xx whose writes are not visible yet, or never committed).  Every use
+# of the session must go through this one alias so all dependencies share one cached session.
+DbSession = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
 async def optional_principal(
     request: Request,
-    session: Annotated[AsyncSession, Depends(get_session)],
+    session: DbSession,
     services: Annotated[AppServices, Depends(get_services)],
 ) -> Principal | None:
     token = bearer_token(request)
@@ -103,7 +114,9 @@ async def optional_principal(
         found = await api_keys.authenticate(session, services, key.strip())
         if found is None:
             await record_security_event_now(
-                services.sessionmaker, "api_key_invalid", user_agent=request.headers.get("user-agent"),
+                services.sessionmaker,
+                "api_key_invalid",
+                user_agent=request.headers.get("user-agent"),
                 details={"prefix": key.strip()[:8], "path": request.url.path},
             )
             raise Unauthorized("Invalid API key", code="invalid_api_key")
@@ -127,5 +140,4 @@ async def current_principal(
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
-DbSession = Annotated[AsyncSession, Depends(get_session)]
 Services = Annotated[AppServices, Depends(get_services)]

@@ -25,7 +25,9 @@ class RateLimiter:
     def __init__(self, settings: Settings) -> None:
         self.enabled = settings.rate_limit_enabled
         uri = f"async+{settings.redis_url}" if settings.redis_url else "async+memory://"
-        self.storage: Storage = storage_from_string(uri, key_prefix="robosystems-rl")
+        storage = storage_from_string(uri, key_prefix=settings.rate_limit_key_prefix)
+        assert isinstance(storage, Storage)
+        self.storage: Storage = storage
         self._limiter = SlidingWindowCounterRateLimiter(self.storage)
         self._parsed: dict[str, RateLimitItem] = {}
 

@@ -44,8 +44,13 @@ async def register_user(body: RegisterRequest, request: Request, db: DbSession, 
 @router.post("/login", response_model=AuthResponse)
 async def login_user(body: LoginRequest, request: Request, db: DbSession, svc: Services) -> dict[str, Any]:
     result = await service.login(
-        db, svc, email=body.email, password=body.password, org_id=body.org_id,
-        ip=current_client_ip(), user_agent=_ua(request),
+        db,
+        svc,
+        email=body.email,
+        password=body.password,
+        org_id=body.org_id,
+        ip=current_client_ip(),
+        user_agent=_ua(request),
     )
     return result.body()
 

@@ -116,16 +116,26 @@ async def _send_verification(session: AsyncSession, services: AppServices, user:
 # --- registration and login -------------------------------------------------------------------
 
 
-async def register(
-    session: AsyncSession, services: AppServices, *, name: str, email: str, password: str, user_agent: str | None
-) -> AuthResult:
+async def create_account(
+    session: AsyncSession,
+    services: AppServices,
+    *,
+    name: str,
+    email: str,
+    password: str,
+    user_agent: str | None,
+    email_verified: bool | None = None,
+) -> tuple[User, str]:
+    """Create a user with its personal org (owner membership + limits) in the caller's unit of
+    work; returns ``(user, personal_org_id)``.  Duplicate email (any case) -> 409.  Used by
+    registration and by accepting an invitation as a new person (``email_verified=True``: the
+    invitation token proved the mailbox)."""
     settings = services.settings
-    if not settings.user_registration_enabled:
-        raise ServiceUnavailable("Registration is disabled", code="registration_disabled")
     email = normalize_email(email)
     enforce_policy(services, password, email)
     password_hash = await _hash(services, password)
     user_id = new_id("user")
+    verified = (not settings.email_verification_enabled) if email_verified is None else email_verified
     inserted = (
         await session.execute(
             pg_insert(User)
@@ -135,7 +145,7 @@ async def register(
                 name=name,
                 password_hash=password_hash,
                 is_active=True,
-                email_verified=not settings.email_verification_enabled,
+                email_verified=verified,
             )
             .on_conflict_do_nothing(index_elements=["email"])
             .returning(User)
@@ -151,10 +161,21 @@ async def register(
     await session.execute(
         insert(OrgLimits).values(id=new_id("olim"), org_id=org_id, max_graphs=settings.org_graphs_default_limit)
     )
-    if settings.email_verification_enabled:
+    if settings.email_verification_enabled and not verified:
         await _send_verification(session, services, inserted)
     await record_security_event(session, "user_registered", user_id=user_id, email=email, user_agent=user_agent)
-    issued, membership = await _issue_token(session, services, user_id, org_id, user_agent)
+    return inserted, org_id
+
+
+async def register(
+    session: AsyncSession, services: AppServices, *, name: str, email: str, password: str, user_agent: str | None
+) -> AuthResult:
+    if not services.settings.user_registration_enabled:
+        raise ServiceUnavailable("Registration is disabled", code="registration_disabled")
+    inserted, org_id = await create_account(
+        session, services, name=name, email=email, password=password, user_agent=user_agent
+    )
+    issued, membership = await _issue_token(session, services, inserted.id, org_id, user_agent)
     return AuthResult(inserted, membership, issued, "User registered successfully")
 
 
@@ -174,9 +195,7 @@ async def login(
     try:
         await limiter.check(settings.rate_limit_login_failures_per_account, "login-fail", email)
     except AppError:
-        await record_security_event_now(
-            services.sessionmaker, "account_locked", email=email, user_agent=user_agent
-        )
+        await record_security_event_now(services.sessionmaker, "account_locked", email=email, user_agent=user_agent)
         raise
     user = await session.scalar(select(User).where(User.email == email))
     ok = False
@@ -225,7 +244,9 @@ async def refresh(
     new_session_id = new_id("ses")
     if user is None or not await revoke_session(session, claims.session_id, "refreshed", new_session_id):
         await record_security_event_now(
-            services.sessionmaker, "revoked_token_refresh", user_id=claims.user_id,
+            services.sessionmaker,
+            "revoked_token_refresh",
+            user_id=claims.user_id,
             details={"session_id": claims.session_id},
         )
         raise Unauthorized("Session is no longer valid", code="session_revoked")
@@ -359,9 +380,7 @@ async def reset_password(
 # --- email verification -------------------------------------------------------------------------
 
 
-async def verify_email(
-    session: AsyncSession, services: AppServices, token: str, user_agent: str | None
-) -> AuthResult:
+async def verify_email(session: AsyncSession, services: AppServices, token: str, user_agent: str | None) -> AuthResult:
     user_id = await _consume_token(session, token, VERIFY)
     if user_id is None:
         raise BadRequest("Invalid or expired verification token", code="invalid_token")

@@ -79,9 +79,7 @@ async def open_session(
     )
 
 
-async def revoke_session(
-    session: AsyncSession, session_id: str, reason: str, replaced_by: str | None = None
-) -> bool:
+async def revoke_session(session: AsyncSession, session_id: str, reason: str, replaced_by: str | None = None) -> bool:
     """Revoke one live session; False if it was already revoked (atomic: exactly one caller wins)."""
     result = await session.execute(
         update(AuthSession)

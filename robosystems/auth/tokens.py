@@ -39,7 +39,9 @@ class TokenCodec:
         self._aud = settings.jwt_audience
         self.ttl = timedelta(minutes=settings.access_token_expire_minutes)
 
-    def issue(self, user_id: str, org_id: str | None, session_id: str, now: datetime | None = None) -> tuple[str, TokenClaims]:
+    def issue(
+        self, user_id: str, org_id: str | None, session_id: str, now: datetime | None = None
+    ) -> tuple[str, TokenClaims]:
         now = now or datetime.now(UTC)
         claims = TokenClaims(user_id, org_id, session_id, new_id("jti"), now, now + self.ttl)
         payload = {

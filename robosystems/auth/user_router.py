@@ -25,15 +25,27 @@ router = APIRouter(prefix="/v1/user", tags=["user"])
 
 @router.get("", response_model=UserResponse)
 async def get_current_user(principal: CurrentPrincipal) -> dict[str, Any]:
-    return {"id": principal.user_id, "name": principal.name, "email": principal.email,
-            "email_verified": principal.email_verified, "accounts": []}
+    return {
+        "id": principal.user_id,
+        "name": principal.name,
+        "email": principal.email,
+        "email_verified": principal.email_verified,
+        "accounts": [],
+    }
 
 
 @router.put("", response_model=UserResponse)
-async def update_user(body: UpdateUserRequest, principal: CurrentPrincipal, db: DbSession, svc: Services) -> dict[str, Any]:
+async def update_user(
+    body: UpdateUserRequest, principal: CurrentPrincipal, db: DbSession, svc: Services
+) -> dict[str, Any]:
     user = await service.update_profile(db, svc, principal, body.name, str(body.email) if body.email else None)
-    return {"id": user.id, "name": user.name, "email": user.email, "email_verified": user.email_verified,
-            "accounts": []}
+    return {
+        "id": user.id,
+        "name": user.name,
+        "email": user.email,
+        "email_verified": user.email_verified,
+        "accounts": [],
+    }
 
 
 @router.put("/password", response_model=SuccessResponse)

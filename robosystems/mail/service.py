@@ -42,7 +42,9 @@ def _send_smtp(settings: Settings, to: str, subject: str, body: str) -> None:
     msg.set_content(body)
     host = parts.hostname or "localhost"
     if parts.scheme == "smtps":
-        client: smtplib.SMTP = smtplib.SMTP_SSL(host, parts.port or 465, context=ssl.create_default_context(), timeout=15)
+        client: smtplib.SMTP = smtplib.SMTP_SSL(
+            host, parts.port or 465, context=ssl.create_default_context(), timeout=15
+        )
     else:
         client = smtplib.SMTP(host, parts.port or 587, timeout=15)
     with client:
@@ -73,7 +75,9 @@ def deliver_pending(settings: Settings, engine: Engine, batch: int = 50) -> int:
                 if settings.smtp_url:
                     _send_smtp(settings, row.to_email, row.subject, row.body_text)
                 else:
-                    log.info("mail (no SMTP_URL; logged only) to=%s subject=%s\n%s", row.to_email, row.subject, row.body_text)
+                    log.info(
+                        "mail (no SMTP_URL; logged only) to=%s subject=%s\n%s", row.to_email, row.subject, row.body_text
+                    )
             except (OSError, smtplib.SMTPException) as exc:
                 attempts = row.attempts + 1
                 failed = attempts >= settings.mail_max_attempts

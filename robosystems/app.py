@@ -15,17 +15,33 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from robosystems import __version__
+from robosystems.admin.billing_router import router as admin_billing_router
+from robosystems.admin.webhooks_router import router as admin_webhooks_router
 from robosystems.auth.passwords import PasswordHashing
 from robosystems.auth.ratelimit import RateLimiter
 from robosystems.auth.router import router as auth_router
 from robosystems.auth.tokens import TokenCodec
 from robosystems.auth.user_router import router as user_router
+from robosystems.billing.plans import get_catalog
+from robosystems.billing.router import offering_router as billing_offering_router
+from robosystems.billing.router import pages_router as billing_pages_router
+from robosystems.billing.router import router as billing_router
 from robosystems.config import Settings, get_settings
 from robosystems.db import make_async_engine, make_async_sessionmaker, make_sync_engine
 from robosystems.errors import install_error_handlers
+from robosystems.graphs.admin_router import router as graphs_admin_router
+from robosystems.graphs.router import operations_router as graph_operations_router
+from robosystems.graphs.router import router as graphs_router
 from robosystems.mail.service import delivery_loop
 from robosystems.observability import RequestContextMiddleware
+from robosystems.orgs.router import public_router as invitation_public_router
+from robosystems.orgs.router import router as orgs_router
+from robosystems.orgs.usage_router import router as org_usage_router
+from robosystems.payments.factory import check_configuration as check_payment_configuration
+from robosystems.payments.local_router import router as local_payments_router
 from robosystems.services import AppServices
+from robosystems.webhooks.router import router as webhooks_router
+from robosystems.worker.inprocess import start_background_worker
 
 log = logging.getLogger("robosystems.app")
 
@@ -53,6 +69,8 @@ async def _check_readiness(app: FastAPI) -> dict[str, str]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.ensure_secrets()
+    get_catalog(settings.billing_plans_file)  # a bad plan catalog stops the service here, naming the problem
+    check_payment_configuration(settings)  # e.g. production without STRIPE_SECRET_KEY stops here
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,9 +90,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stop = asyncio.Event()
         background: list[asyncio.Task[None]] = []
         sync_engine = None
+        worker = None
         if settings.embedded_worker:
             sync_engine = make_sync_engine(settings, pool_size=1, max_overflow=1)
             background.append(asyncio.create_task(delivery_loop(settings, sync_engine, stop)))
+            worker = start_background_worker(settings)  # in-process worker (no broker) or outbox relay
         log.info("robosystems %s ready (environment=%s)", __version__, settings.environment)
         try:
             yield
@@ -82,6 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stop.set()
             for task in background:
                 await task
+            if worker is not None:
+                await asyncio.to_thread(worker.stop)
             if sync_engine is not None:
                 sync_engine.dispose()
             await engine.dispose()
@@ -94,6 +116,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(auth_router)
     app.include_router(user_router)
+    app.include_router(org_usage_router)
+    app.include_router(orgs_router)
+    app.include_router(invitation_public_router)
+    app.include_router(webhooks_router)
+    app.include_router(admin_webhooks_router)
+    app.include_router(admin_billing_router)
+    app.include_router(billing_offering_router)  # before any /v1/graphs/{graph_id} route
+    app.include_router(billing_router)
+    app.include_router(billing_pages_router)
+    app.include_router(local_payments_router)
+    app.include_router(graphs_router)  # after billing_offering_router (/v1/graphs/tiers)
+    app.include_router(graph_operations_router)
+    app.include_router(graphs_admin_router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -103,8 +138,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def readyz(request: Request) -> JSONResponse:
         checks = await _check_readiness(request.app)
         ready = all(v == "ok" for v in checks.values())
-        return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
-                              status_code=200 if ready else 503)
+        return JSONResponse(
+            {"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503
+        )
 
     @app.get("/v1/status", tags=["health"])
     async def get_service_status(request: Request) -> dict[str, Any]:
@@ -120,5 +156,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.request_max_body_bytes)
     return app

@@ -10,11 +10,17 @@ from typing import Annotated
 import typer
 
 from robosystems.config import ConfigError, get_settings
+from robosystems.migrate_tools import cli as migrate_tools_cli
 from robosystems.observability import configure_logging
+from robosystems.webhooks import cli as webhooks_cli
+from robosystems.worker import cli as worker_cli
 
 app = typer.Typer(help="RoboSystems: org-centric identity and billing service.", no_args_is_help=True)
 migrate_app = typer.Typer(help="Database migrations (Alembic).", no_args_is_help=True)
 app.add_typer(migrate_app, name="migrate")
+migrate_tools_cli.register(migrate_app)  # `migrate preflight | verify | snapshot`
+app.add_typer(webhooks_cli.app, name="webhooks")
+worker_cli.register(app)  # `robosystems worker` / `robosystems beat`
 log = logging.getLogger("robosystems.cli")
 
 
@@ -71,15 +77,33 @@ def serve(
 
 
 @migrate_app.command("upgrade")
-def migrate_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+def migrate_upgrade(
+    revision: Annotated[str, typer.Argument()] = "head",
+    orphan_graphs_owner: Annotated[
+        str | None, typer.Option(help="User (or org) id that takes the graphs with no owner signal at all")
+    ] = None,
+    clamp_negative_credit_balances: Annotated[
+        bool, typer.Option(help="Clear negative credit pools to 0 (one audited adjustment row each)")
+    ] = False,
+) -> None:
     """Upgrade the database to REVISION (default head)."""
     _bootstrap()
+    from sqlalchemy.exc import DBAPIError
+
     from robosystems import migrations
 
+    x_args = [f"orphan_graphs_owner={orphan_graphs_owner}"] if orphan_graphs_owner else []
+    if clamp_negative_credit_balances:
+        x_args.append("clamp_negative_credit_balances=true")
     try:
-        migrations.upgrade(revision)
+        migrations.upgrade(revision, x_args=x_args)
     except RuntimeError as exc:
         _fail(str(exc))
+    except DBAPIError as exc:
+        hint = migrate_tools_cli.db_error_hint(exc)
+        if hint is None:
+            raise
+        _fail(hint)
 
 
 @migrate_app.command("downgrade")

@@ -23,6 +23,7 @@ class AppServices:
     limiter: RateLimiter
 
 
-def get_services(request: Request) -> AppServices:
+async def get_services(request: Request) -> AppServices:
+    # async: a plain `def` dependency would be sent through the thread pool on every request
     services: AppServices = request.app.state.services
     return services

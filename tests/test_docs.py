@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_every_setting_is_documented() -> None:
     env_example = (ROOT / ".env.example").read_text()
     readme = (ROOT / "README.md").read_text()
-    env_keys = {line.split("=", 1)[0].strip() for line in env_example.splitlines() if "=" in line and not line.startswith("#")}
+    env_keys = {
+        line.split("=", 1)[0].strip() for line in env_example.splitlines() if "=" in line and not line.startswith("#")
+    }
     missing_env = [n.upper() for n in Settings.model_fields if n.upper() not in env_keys]
     missing_readme = [n.upper() for n in Settings.model_fields if f"`{n.upper()}`" not in readme]
     assert missing_env == []

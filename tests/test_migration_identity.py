@@ -25,7 +25,10 @@ from robosystems.models import Base
 from tests import legacy_seed as seed
 from tests.conftest import base_settings
 
-LEGACY = "7a89a1bfab0c"
+BASELINE = "7a89a1bfab0c"
+# The revision right before identity: the legacy baseline plus the pre-upgrade snapshot (a1b2c3d4e5f6), which adds its
+# own tables but leaves every legacy table as it is.
+LEGACY = "a1b2c3d4e5f6"
 IDENTITY = "b3c1f0e2a9d4"
 DEFAULT_LIMIT = 100
 ULID_RE = "[0-9A-HJKMNP-TV-Z]{26}"
@@ -286,7 +289,7 @@ def test_stairway_every_revision_up_down_up(
     engine = engine_for(url)
     script = ScriptDirectory.from_config(migrations.alembic_config(url))
     revisions = list(reversed(list(script.walk_revisions("base", "heads"))))
-    assert [r.revision for r in revisions[:2]] == [LEGACY, IDENTITY]
+    assert [r.revision for r in revisions[:3]] == [BASELINE, LEGACY, IDENTITY]
 
     previous = schema_fingerprint(engine)
     for rev in revisions:

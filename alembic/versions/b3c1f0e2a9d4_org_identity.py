@@ -9,11 +9,15 @@
 * API keys gain ``hash_algo``: legacy rows are ``bcrypt`` (still accepted, converted to SHA-256
   on first use), new keys ``sha256``.
 * New tables: auth_sessions, security_audit_events (append-only by trigger), mail_outbox.
-* Re-running after an interruption is safe: every insert is ``ON CONFLICT DO NOTHING`` keyed by
-  a natural unique key (one personal org per user, one membership per (org, user)).
+* Re-running after an interruption is safe: the revision is one transaction (an interruption rolls it
+  back entirely), and every insert is ``ON CONFLICT DO NOTHING`` keyed by a natural unique key (one
+  personal org per user, one membership per (org, user)).
+* Bounded lock waits and statement times (``MIGRATION_LOCK_TIMEOUT``/``MIGRATION_STATEMENT_TIMEOUT``); the
+  per-user inserts run in batches of ``MIGRATION_BATCH_SIZE`` users with progress logs
+  (robosystems.migrate_tools.runtime).
 
 Revision ID: b3c1f0e2a9d4
-Revises: 7a89a1bfab0c
+Revises: a1b2c3d4e5f6 (the pre-upgrade snapshot; the legacy baseline 7a89a1bfab0c before it)
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from alembic import context, op
+from robosystems.migrate_tools import runtime
 
 revision: str = "b3c1f0e2a9d4"
-down_revision: str | None = "7a89a1bfab0c"
+down_revision: str | None = "a1b2c3d4e5f6"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -103,6 +108,7 @@ def _stop_on_case_duplicates(conn: sa.Connection) -> None:
 def upgrade() -> None:
     conn = op.get_bind()
     default_limit = _default_graph_limit()  # checked before anything changes
+    progress = runtime.begin(conn, revision)  # lock/statement timeouts for this transaction (also validated here)
     _stop_on_case_duplicates(conn)
     op.execute(ULID_FUNCTION)
     op.execute(APPEND_ONLY_FUNCTION)
@@ -194,25 +200,34 @@ def upgrade() -> None:
     )
 
     # --- personal orgs for every user (inactive ones too) -------------------------------------
-    op.execute(
+    # In batches of users (key ranges over users.id), each insert idempotent by its natural key.
+    ranges = runtime.key_ranges(conn, "users", "id")
+    progress.batched(
+        "personal orgs",
         "INSERT INTO orgs (id, name, org_type, personal_user_id, created_at, updated_at) "
         "SELECT 'org_' || rs_ulid(), left(u.name, 190) || '''s org', 'personal', u.id, u.created_at, now() "
-        "FROM users u ON CONFLICT (personal_user_id) DO NOTHING"
+        "FROM users u WHERE {range} ON CONFLICT (personal_user_id) DO NOTHING",
+        ranges,
+        key="u.id",
     )
-    op.execute(
+    progress.batched(
+        "owner memberships",
         "INSERT INTO org_users (id, org_id, user_id, role, is_active, joined_at, created_at, updated_at) "
         "SELECT 'ou_' || rs_ulid(), o.id, o.personal_user_id, 'owner', true, o.created_at, o.created_at, now() "
-        "FROM orgs o WHERE o.org_type = 'personal' ON CONFLICT (org_id, user_id) DO NOTHING"
+        "FROM orgs o WHERE o.org_type = 'personal' AND {range} ON CONFLICT (org_id, user_id) DO NOTHING",
+        ranges,
+        key="o.personal_user_id",
     )
-    conn.execute(
-        sa.text(
-            "INSERT INTO org_limits (id, org_id, max_graphs, created_at, updated_at) "
-            "SELECT 'olim_' || rs_ulid(), o.id, COALESCE(ul.max_user_graphs, :default_limit), "
-            "COALESCE(ul.created_at AT TIME ZONE 'UTC', now()), COALESCE(ul.updated_at AT TIME ZONE 'UTC', now()) "
-            "FROM orgs o LEFT JOIN user_limits ul ON ul.user_id = o.personal_user_id "
-            "WHERE o.org_type = 'personal' ON CONFLICT (org_id) DO NOTHING"
-        ),
-        {"default_limit": default_limit},
+    progress.batched(
+        "org limits",
+        "INSERT INTO org_limits (id, org_id, max_graphs, created_at, updated_at) "
+        "SELECT 'olim_' || rs_ulid(), o.id, COALESCE(ul.max_user_graphs, :default_limit), "
+        "COALESCE(ul.created_at AT TIME ZONE 'UTC', now()), COALESCE(ul.updated_at AT TIME ZONE 'UTC', now()) "
+        "FROM orgs o LEFT JOIN user_limits ul ON ul.user_id = o.personal_user_id "
+        "WHERE o.org_type = 'personal' AND {range} ON CONFLICT (org_id) DO NOTHING",
+        ranges,
+        key="o.personal_user_id",
+        params={"default_limit": default_limit},
     )
     op.drop_table("user_limits")
 

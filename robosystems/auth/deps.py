@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends
-from sqlalchemy import select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 
@@ -21,7 +21,8 @@ from robosystems.auth import api_keys
 from robosystems.auth.tokens import ExpiredToken, InvalidToken, TokenClaims
 from robosystems.db import get_session
 from robosystems.errors import Unauthorized
-from robosystems.models import AuthSession, User
+from robosystems.auth.sessions import OrgMembershipRow
+from robosystems.models import AuthSession, Org, OrgUser, User
 from robosystems.services import AppServices, get_services
 
 
@@ -35,6 +36,37 @@ class Principal:
     session_id: str | None = None
     api_key_id: str | None = None
     claims: TokenClaims | None = None
+    #: live membership in ``token_org_id``, read with the principal (None: not a member any more)
+    token_membership: OrgMembershipRow | None = None
+
+
+# Built once: the hot path only binds parameters.  Session + user + the live membership in the
+# token's org in ONE round trip; revocation, expiry and is_active are checked in SQL.
+_PRINCIPAL_BY_SESSION = (
+    select(
+        User.id,
+        User.email,
+        User.name,
+        User.email_verified,
+        AuthSession.revoked_at,
+        Org.id.label("org_id"),
+        Org.name.label("org_name"),
+        Org.org_type,
+        OrgUser.role,
+    )
+    .join(AuthSession, AuthSession.user_id == User.id)
+    .outerjoin(
+        OrgUser,
+        and_(OrgUser.user_id == User.id, OrgUser.org_id == bindparam("org_id"), OrgUser.is_active.is_(True)),
+    )
+    .outerjoin(Org, and_(Org.id == OrgUser.org_id, Org.deleted_at.is_(None)))
+    .where(
+        AuthSession.id == bindparam("session_id"),
+        User.id == bindparam("user_id"),
+        User.is_active.is_(True),
+        AuthSession.expires_at > bindparam("now"),
+    )
+)
 
 
 def bearer_token(request: Request) -> str | None:
@@ -62,16 +94,16 @@ async def _principal_from_token(
             details={"path": request.url.path},
         )
         raise Unauthorized("Invalid token", code="invalid_token") from exc
+    conn = await session.connection()
     row = (
-        await session.execute(
-            select(User.id, User.email, User.name, User.email_verified, AuthSession.revoked_at)
-            .join(AuthSession, AuthSession.user_id == User.id)
-            .where(
-                AuthSession.id == claims.session_id,
-                User.id == claims.user_id,
-                User.is_active.is_(True),
-                AuthSession.expires_at > datetime.now(UTC),
-            )
+        await conn.execute(
+            _PRINCIPAL_BY_SESSION,
+            {
+                "session_id": claims.session_id,
+                "user_id": claims.user_id,
+                "org_id": claims.org_id,
+                "now": datetime.now(UTC),
+            },
         )
     ).one_or_none()
     if row is None or row.revoked_at is not None:
@@ -91,6 +123,7 @@ async def _principal_from_token(
         token_org_id=claims.org_id,
         session_id=claims.session_id,
         claims=claims,
+        token_membership=OrgMembershipRow(row.org_id, row.org_name, row.org_type, row.role) if row.org_id else None,
     )
 
 

@@ -276,8 +276,11 @@ async def switch_org(
 
 
 async def me(session: AsyncSession, principal: Principal) -> dict[str, Any]:
-    org_id = principal.token_org_id or await personal_org_id(session, principal.user_id)
-    membership = await active_membership(session, principal.user_id, org_id) if org_id else None
+    if principal.token_org_id:
+        membership = principal.token_membership  # read live with the principal, in the same query
+    else:
+        org_id = await personal_org_id(session, principal.user_id)
+        membership = await active_membership(session, principal.user_id, org_id) if org_id else None
     return {
         "id": principal.user_id,
         "name": principal.name,

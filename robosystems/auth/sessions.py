@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from robosystems.ids import new_id
@@ -30,14 +30,19 @@ async def personal_org_id(session: AsyncSession, user_id: str) -> str | None:
     ).scalar_one_or_none()
 
 
+_ACTIVE_MEMBERSHIP = (
+    select(Org.id, Org.name, Org.org_type, OrgUser.role)
+    .join(
+        OrgUser,
+        and_(OrgUser.org_id == Org.id, OrgUser.user_id == bindparam("user_id"), OrgUser.is_active.is_(True)),
+    )
+    .where(Org.id == bindparam("org_id"), Org.deleted_at.is_(None))
+)
+
+
 async def active_membership(session: AsyncSession, user_id: str, org_id: str) -> OrgMembershipRow | None:
-    row = (
-        await session.execute(
-            select(Org.id, Org.name, Org.org_type, OrgUser.role)
-            .join(OrgUser, and_(OrgUser.org_id == Org.id, OrgUser.user_id == user_id, OrgUser.is_active.is_(True)))
-            .where(Org.id == org_id, Org.deleted_at.is_(None))
-        )
-    ).one_or_none()
+    conn = await session.connection()
+    row = (await conn.execute(_ACTIVE_MEMBERSHIP, {"user_id": user_id, "org_id": org_id})).one_or_none()
     return OrgMembershipRow(row.id, row.name, row.org_type, row.role) if row else None
 
 

@@ -10,6 +10,8 @@ import jwt
 from robosystems.config import Settings
 from robosystems.ids import new_id
 
+VERIFIED_CACHE_SIZE = 10_000
+
 
 @dataclass(frozen=True)
 class TokenClaims:
@@ -38,6 +40,9 @@ class TokenCodec:
         self._iss = settings.jwt_issuer
         self._aud = settings.jwt_audience
         self.ttl = timedelta(minutes=settings.access_token_expire_minutes)
+        # Verified claims by token string: a token whose signature was checked once needs no second
+        # HMAC; expiry is still checked on every use and revocation lives in the database.
+        self._verified: dict[str, TokenClaims] = {}
 
     def issue(
         self, user_id: str, org_id: str | None, session_id: str, now: datetime | None = None
@@ -58,6 +63,18 @@ class TokenCodec:
 
     def decode(self, token: str) -> TokenClaims:
         """Verify and decode; raises ExpiredToken (with the claims) or InvalidToken."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            if cached.expires_at <= datetime.now(UTC):
+                raise ExpiredToken(cached)
+            return cached
+        claims = self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = claims
+        return claims
+
+    def _verify(self, token: str) -> TokenClaims:
         try:
             payload = jwt.decode(
                 token,

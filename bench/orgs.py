@@ -1,0 +1,219 @@
+"""Org read paths under load: ``GET /v1/orgs/{org_id}`` and ``GET /v1/orgs`` against ``GET /v1/auth/me``
+(the baseline of bench/auth_me.py), measured in the same run on the same server.
+
+Setup: a scratch database migrated to head; ``robosystems serve --no-migrate --workers 1`` on it; one
+user registered over HTTP, then put (by SQL, it's data setup, not the thing measured) into 20 team
+orgs with 50 active members each (the user included; roles owner/admin/member in rotation) and
+3 graphs per org.  Then, one target after the other (never at once), a warm-up and a measured load of
+N connections for D seconds on
+
+    (a) me         GET /v1/auth/me
+    (b) get_org    GET /v1/orgs/{org_id}        (50 members, 3 graphs, limits)
+    (c) list_orgs  GET /v1/orgs?limit=50        (21 orgs with member/graph counts)
+
+Prints requests/s, p50/p90/p99, CPU ms per request (app process, PostgreSQL backends), the ratios
+to (a) and the goal check (each ratio >= --goal, default 0.5).  Exit status: 0 goal met, 1 missed,
+2 harness error.
+
+    .venv/bin/python bench/orgs.py                        # 32 connections, 10 s, 1 round
+    .venv/bin/python bench/orgs.py -c 64 -d 20 --rounds 3
+    .venv/bin/python bench/orgs.py --profile out/         # + py-spy profiles of each target
+
+The scratch database and the server are removed even on failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402 - run as a script from any directory
+    CpuProbe,
+    LoadResult,
+    Profile,
+    admin_url_from_env,
+    check_get,
+    db_backend_pids,
+    ensure_wrk,
+    install_signal_handlers,
+    log,
+    median_result,
+    print_profile,
+    print_table,
+    py_spy_profile,
+    register_user,
+    robosystems_server,
+    run_load,
+    scratch_database,
+    spread,
+    summarise_py_spy,
+)
+
+ORGS = 20
+MEMBERS_PER_ORG = 50  # including the benchmark user
+GRAPHS_PER_ORG = 3
+
+SEED_SQL = """
+INSERT INTO users (id, email, name, password_hash, is_active, email_verified, created_at, updated_at)
+SELECT 'user_bench' || lpad(i::text, 6, '0'), 'bench-member-' || i || '@example.com', 'Member ' || i,
+       'not-a-login-account', true, true, now(), now()
+FROM generate_series(1, %(others)s) AS i;
+
+INSERT INTO orgs (id, name, org_type, created_at, updated_at)
+SELECT 'org_bench' || lpad(j::text, 3, '0'), 'Bench org ' || j, 'team', now(), now()
+FROM generate_series(1, %(orgs)s) AS j;
+
+INSERT INTO org_limits (id, org_id, max_graphs, created_at, updated_at)
+SELECT 'olim_bench' || lpad(j::text, 3, '0'), 'org_bench' || lpad(j::text, 3, '0'), 100, now(), now()
+FROM generate_series(1, %(orgs)s) AS j;
+
+-- the benchmark user: owner / admin / member in rotation
+INSERT INTO org_users (id, org_id, user_id, role, is_active, joined_at, created_at, updated_at)
+SELECT 'ou_bench_me_' || j, 'org_bench' || lpad(j::text, 3, '0'), %(user_id)s,
+       (ARRAY['owner', 'admin', 'member'])[1 + j %% 3], true, now(), now(), now()
+FROM generate_series(1, %(orgs)s) AS j;
+
+-- everybody else: (MEMBERS_PER_ORG - 1) distinct users per org, the first of them owner
+INSERT INTO org_users (id, org_id, user_id, role, is_active, joined_at, created_at, updated_at)
+SELECT 'ou_bench_' || j || '_' || k, 'org_bench' || lpad(j::text, 3, '0'),
+       'user_bench' || lpad(((j - 1) * %(per_org)s + k)::text, 6, '0'),
+       CASE WHEN k = 1 THEN 'owner' WHEN k <= 5 THEN 'admin' ELSE 'member' END,
+       true, now() + k * interval '1 millisecond', now(), now()
+FROM generate_series(1, %(orgs)s) AS j, generate_series(1, %(per_org)s) AS k;
+
+INSERT INTO graphs (graph_id, org_id, graph_name, graph_type, schema_extensions, graph_instance_id, graph_tier,
+                    created_at, updated_at)
+SELECT 'kg' || lpad(to_hex(j * 100 + g), 16, '0'), 'org_bench' || lpad(j::text, 3, '0'), 'Graph ' || g,
+       'generic', '[]'::jsonb, 'default', 'kuzu-standard', now(), now()
+FROM generate_series(1, %(orgs)s) AS j, generate_series(1, %(graphs)s) AS g;
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--connections", type=int, default=32, help="concurrent connections (default 32)")
+    p.add_argument("-d", "--duration", type=float, default=10.0, help="measured seconds per target (default 10)")
+    p.add_argument("-t", "--threads", type=int, default=1, help="wrk threads (default 1: 2-core machine)")
+    p.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per target before measuring")
+    p.add_argument("--rounds", type=int, default=1, help="cycle through the targets this many times; median reported")
+    p.add_argument("--goal", type=float, default=0.5, help="required ratio target/me (requests/s) for each org target")
+    p.add_argument("--admin-url", default=None, help="PostgreSQL server for the scratch DB "
+                                                     "(default: BENCH_ADMIN_URL, DATABASE_URL or local postgres)")
+    p.add_argument("--port", type=int, default=0, help="port for robosystems (default: a free one)")
+    p.add_argument("--python-load", action="store_true", help="use the asyncio+httpx generator instead of wrk")
+    p.add_argument("--no-install", action="store_true", help="don't apt-get install wrk when missing")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="after measuring, profile each target with py-spy under the same load")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
+    return p.parse_args(argv)
+
+
+def seed(database_url: str, user_id: str) -> None:
+    params = {"others": ORGS * (MEMBERS_PER_ORG - 1), "orgs": ORGS, "per_org": MEMBERS_PER_ORG - 1,
+              "graphs": GRAPHS_PER_ORG, "user_id": user_id}
+    with psycopg.connect(database_url, autocommit=False) as conn:
+        for statement in filter(None, (part.strip() for part in SEED_SQL.split(";\n"))):
+            conn.execute(statement, params)  # type: ignore[arg-type]
+        conn.execute("ANALYZE")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    install_signal_handlers()
+    wrk = None if args.python_load else ensure_wrk(install=not args.no_install)
+    if wrk is None:
+        log("load generator: Python asyncio+httpx (wrk unavailable or --python-load)")
+    names = ("me", "get_org", "list_orgs")
+    results: dict[str, list[LoadResult]] = {name: [] for name in names}
+    profiles: dict[str, Profile] = {}
+
+    with ExitStack() as stack:
+        url = stack.enter_context(scratch_database(args.admin_url or admin_url_from_env()))
+        ours = stack.enter_context(robosystems_server(url, port=args.port or None))
+        registered = register_user(ours.base_url)
+        user_id = registered["user"]["id"]
+        seed(url, user_id)
+        auth = {"Authorization": f"Bearer {registered['token']}"}
+        org_id = "org_bench001"
+        targets: dict[str, str] = {
+            "me": f"{ours.base_url}/v1/auth/me",
+            "get_org": f"{ours.base_url}/v1/orgs/{org_id}",
+            "list_orgs": f"{ours.base_url}/v1/orgs?limit=50",
+        }
+        detail = check_get(targets["get_org"], auth)
+        listing = check_get(targets["list_orgs"], auth)
+        if len(detail["members"]) != MEMBERS_PER_ORG or len(detail["graphs"]) != GRAPHS_PER_ORG:
+            raise RuntimeError(f"seed check failed: {len(detail['members'])} members, {len(detail['graphs'])} graphs")
+        if listing["total"] != ORGS + 1 or any(
+            o["member_count"] != MEMBERS_PER_ORG for o in listing["orgs"] if o["org_type"] == "team"
+        ):
+            raise RuntimeError(f"seed check failed: list total {listing['total']}")
+        log(f"user {user_id} in {ORGS} orgs x {MEMBERS_PER_ORG} members (+ personal org); detail of {org_id} is "
+            f"{len(json.dumps(detail))} bytes, list {len(json.dumps(listing))} bytes")
+
+        def load(name: str, seconds: float) -> LoadResult:
+            probe = CpuProbe({"app": lambda: [ours.pid], "db": lambda: db_backend_pids(url)})
+            return run_load(name, targets[name], connections=args.connections, duration=seconds,
+                            threads=args.threads, headers=auth, wrk=wrk, cpu=probe)
+
+        for name in names:
+            if args.warmup > 0:
+                log(f"warm-up {name} {args.warmup:.0f}s")
+                load(name, args.warmup)
+        for round_no in range(1, args.rounds + 1):
+            for name in names:
+                log(f"round {round_no}/{args.rounds}: {name} {args.connections} conns x {args.duration:.0f}s")
+                result = load(name, args.duration)
+                if result.errors:
+                    raise RuntimeError(f"{name}: {result.errors} errors/non-2xx responses in {result.requests}")
+                results[name].append(result)
+
+        if args.profile is not None:
+            for name in names:
+                out = args.profile / name
+                log(f"profiling {name} with py-spy for {args.duration:.0f}s -> {out}")
+                spy = py_spy_profile(ours.pid, args.duration, out)
+                load(name, args.duration)
+                profiles[name] = summarise_py_spy(spy, out)
+
+    medians = {name: median_result(runs) for name, runs in results.items()}
+    reference = medians["me"]
+    print_table(list(medians.values()), reference=reference,
+                title=f"org reads vs GET /v1/auth/me: {ORGS} orgs x {MEMBERS_PER_ORG} members, {args.connections} "
+                      f"connections, {args.duration:.0f}s, {args.rounds} round(s), {reference.tool}, median round")
+    if args.rounds > 1:
+        for name, runs in results.items():
+            print(f"  {name:<10} req/s per round: {', '.join(f'{r.rps:.0f}' for r in runs)}"
+                  f"  -> {spread([r.rps for r in runs])}")
+    ratios = {name: medians[name].rps / reference.rps if reference.rps else 0.0 for name in ("get_org", "list_orgs")}
+    ok = all(r >= args.goal for r in ratios.values())
+    for name, ratio in ratios.items():
+        print(f"ratio {name}/me = {ratio:.2f}  (goal >= {args.goal:.2f}): {'PASS' if ratio >= args.goal else 'FAIL'}")
+    for name, profile in profiles.items():
+        print_profile(profile, f"py-spy profile of {name} under load (not the measured run)")
+    if args.json is not None:
+        payload: dict[str, Any] = {
+            "connections": args.connections, "duration_s": args.duration, "rounds": args.rounds,
+            "orgs": ORGS, "members_per_org": MEMBERS_PER_ORG, "ratios": ratios, "goal": args.goal, "pass": ok,
+            "runs": {name: [r.as_dict() for r in runs] for name, runs in results.items()},
+        }
+        args.json.write_text(json.dumps(payload, indent=2))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - one readable line for a harness failure
+        print(f"bench error: {exc}", file=sys.stderr)
+        sys.exit(2)

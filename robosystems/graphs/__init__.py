@@ -1,0 +1,1 @@
+"""Graphs: access, provisioning and the graph endpoints."""

@@ -1,0 +1,283 @@
+"""Stripe, through the official SDK's ``StripeClient``.
+
+* The API version is pinned (``STRIPE_API_VERSION``) and sent on every call, so the objects we read
+  and the webhook payloads we receive have the shape the handlers expect.
+* ``STRIPE_API_BASE`` points the client at another server (tests: ``localstripe`` on 127.0.0.1).
+* Every create call carries an idempotency key (Stripe replays the first answer for 24 h).
+* SDK exceptions are mapped to :class:`~robosystems.payments.base.ProviderError` subclasses with a
+  fixed message; the SDK's text is logged, never returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import stripe
+
+from robosystems.payments.base import (
+    CheckoutRequest,
+    CheckoutSession,
+    InvalidPaymentMethod,
+    PaymentDeclined,
+    PaymentMethodInfo,
+    ProviderError,
+    ProviderObjectMissing,
+    ProviderSubscription,
+    ProviderUnavailable,
+)
+
+log = logging.getLogger("robosystems.payments.stripe")
+T = TypeVar("T")
+
+
+def _dt(value: Any) -> datetime | None:
+    return datetime.fromtimestamp(int(value), UTC) if value else None
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    """A StripeObject as plain dicts/lists (``to_dict`` is recursive in the SDK)."""
+    if isinstance(obj, stripe.StripeObject):
+        result: dict[str, Any] = obj.to_dict()
+        return result
+    return dict(obj)
+
+
+class StripeProvider:
+    name = "stripe"
+
+    def __init__(
+        self,
+        *,
+        secret_key: str,
+        api_version: str,
+        api_base: str = "",
+        max_network_retries: int = 2,
+        timeout_seconds: float = 20.0,
+    ) -> None:
+        base_addresses: dict[str, str] = {"api": api_base.rstrip("/")} if api_base else {}
+        self.api_version = api_version
+        self.client = stripe.StripeClient(
+            secret_key,
+            stripe_version=api_version,
+            base_addresses=base_addresses,  # type: ignore[arg-type]
+            max_network_retries=max_network_retries,
+            http_client=stripe.HTTPXClient(timeout=timeout_seconds, allow_sync_methods=True),
+        )
+
+    # --- error mapping -------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except stripe.CardError as exc:
+            log.info("stripe %s: card error %s", what, exc.code)
+            raise PaymentDeclined() from exc
+        except stripe.InvalidRequestError as exc:
+            log.warning("stripe %s: invalid request (%s, param=%s)", what, exc.code, exc.param)
+            if exc.http_status == 404 or exc.code == "resource_missing":
+                if "payment_method" in (exc.param or "") or what == "attach_payment_method":
+                    raise InvalidPaymentMethod() from exc
+                raise ProviderObjectMissing() from exc
+            raise ProviderError() from exc
+        except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
+            log.warning("stripe %s: unavailable (%s)", what, type(exc).__name__)
+            raise ProviderUnavailable() from exc
+        except stripe.StripeError as exc:
+            log.error("stripe %s failed: %s (http %s)", what, type(exc).__name__, exc.http_status)
+            raise ProviderError() from exc
+
+    # --- PaymentProvider -----------------------------------------------------------------------
+
+    def create_customer(self, *, org_id: str, name: str | None, email: str | None, idempotency_key: str) -> str:
+        params: dict[str, Any] = {"metadata": {"org_id": org_id}}
+        if name:
+            params["name"] = name
+        if email:
+            params["email"] = email
+        customer = self._call(
+            "create_customer",
+            lambda: self.client.v1.customers.create(params, {"idempotency_key": idempotency_key}),  # type: ignore[arg-type]
+        )
+        return str(customer.id)
+
+    def create_checkout_session(self, request: CheckoutRequest) -> CheckoutSession:
+        metadata = {
+            "subscription_id": request.subscription_id,
+            "org_id": request.org_id,
+            "plan_name": request.plan_name,
+            **request.metadata,
+        }
+        if request.price_id:
+            line_item: dict[str, Any] = {"price": request.price_id, "quantity": 1}
+        else:
+            line_item = {
+                "quantity": 1,
+                "price_data": {
+                    "currency": request.currency,
+                    "unit_amount": request.amount_cents,
+                    "recurring": {"interval": request.interval},
+                    "product_data": {"name": request.description, "metadata": {"plan_name": request.plan_name}},
+                },
+            }
+        params: dict[str, Any] = {
+            "mode": "subscription",
+            "line_items": [line_item],
+            "client_reference_id": request.subscription_id,
+            "metadata": metadata,
+            "subscription_data": {"metadata": metadata},
+            "success_url": request.success_url,
+            "cancel_url": request.cancel_url,
+            "expires_at": int(request.expires_at.timestamp()),
+        }
+        if request.customer_id:
+            params["customer"] = request.customer_id
+        elif request.customer_email:
+            params["customer_email"] = request.customer_email
+        session = self._call(
+            "create_checkout_session",
+            lambda: self.client.v1.checkout.sessions.create(
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": request.idempotency_key},
+            ),
+        )
+        expires = _dt(session.expires_at) or request.expires_at
+        return CheckoutSession(str(session.id), str(session.url), expires)
+
+    def expire_checkout_session(self, session_id: str) -> None:
+        try:
+            self._call("expire_checkout_session", lambda: self.client.v1.checkout.sessions.expire(session_id))
+        except ProviderError as exc:
+            # Stripe refuses to expire a session that is complete or already expired: nothing to do.
+            if isinstance(exc, ProviderUnavailable):
+                raise
+            log.info("stripe checkout session %s not expired (not open)", session_id)
+
+    def attach_payment_method(
+        self, *, customer_id: str, payment_method_id: str, idempotency_key: str
+    ) -> PaymentMethodInfo:
+        pm = self._call(
+            "attach_payment_method",
+            lambda: self.client.v1.payment_methods.attach(
+                payment_method_id,
+                {"customer": customer_id},
+                {"idempotency_key": f"{idempotency_key}:attach"},
+            ),
+        )
+        self._call(
+            "set_default_payment_method",
+            lambda: self.client.v1.customers.update(
+                customer_id,
+                {"invoice_settings": {"default_payment_method": str(pm.id)}},
+                {"idempotency_key": f"{idempotency_key}:default"},
+            ),
+        )
+        data = _plain(pm)
+        card = data.get("card") or {}
+        return PaymentMethodInfo(
+            id=str(data["id"]),
+            type=str(data.get("type") or "card"),
+            brand=card.get("brand"),
+            last4=card.get("last4"),
+            exp_month=card.get("exp_month"),
+            exp_year=card.get("exp_year"),
+        )
+
+    def create_portal_session(self, *, customer_id: str, return_url: str) -> str:
+        portal = self._call(
+            "create_portal_session",
+            lambda: self.client.v1.billing_portal.sessions.create({"customer": customer_id, "return_url": return_url}),
+        )
+        return str(portal.url)
+
+    def cancel_subscription_at_period_end(self, subscription_id: str, *, idempotency_key: str) -> ProviderSubscription:
+        sub = self._call(
+            "cancel_subscription_at_period_end",
+            lambda: self.client.v1.subscriptions.update(
+                subscription_id, {"cancel_at_period_end": True}, {"idempotency_key": idempotency_key}
+            ),
+        )
+        return self.subscription_value(_plain(sub))
+
+    def refund_or_credit_invoice(self, invoice_id: str, *, reason: str, idempotency_key: str) -> str:
+        invoice = _plain(self._call("retrieve_invoice", lambda: self.client.v1.invoices.retrieve(invoice_id)))
+        metadata = {"invoice": invoice_id, "reason": reason[:200]}
+        payment_intent, charge = self._invoice_payment(invoice)
+        if invoice.get("amount_paid") and (payment_intent or charge):
+            params: dict[str, Any] = {"metadata": metadata}
+            if payment_intent:
+                params["payment_intent"] = payment_intent
+            else:
+                params["charge"] = charge
+            refund = self._call(
+                "refund_invoice",
+                lambda: self.client.v1.refunds.create(params, {"idempotency_key": idempotency_key}),  # type: ignore[arg-type]
+            )
+            return str(refund.id)
+        # Nothing charged through a payment (e.g. invoice billing): credit the customer's balance.
+        amount = int(invoice.get("amount_paid") or invoice.get("amount_due") or 0)
+        txn = self._call(
+            "credit_customer",
+            lambda: self.client.v1.customers.balance_transactions.create(
+                str(invoice["customer"]),
+                {
+                    "amount": -amount,
+                    "currency": str(invoice.get("currency") or "usd"),
+                    "description": f"Credit for invoice {invoice_id}",
+                    "metadata": metadata,
+                },
+                {"idempotency_key": idempotency_key},
+            ),
+        )
+        return str(txn.id)
+
+    def _invoice_payment(self, invoice: dict[str, Any]) -> tuple[str | None, str | None]:
+        """(payment_intent, charge) that paid the invoice.  API versions before 2025-03-31 carry them on
+        the invoice; later ones list them as invoice payments."""
+
+        def ident(value: Any) -> str | None:
+            if isinstance(value, str):
+                return value
+            if isinstance(value, dict) and value.get("id"):
+                return str(value["id"])
+            return None
+
+        payment_intent, charge = ident(invoice.get("payment_intent")), ident(invoice.get("charge"))
+        if payment_intent or charge or not invoice.get("amount_paid"):
+            return payment_intent, charge
+        payments = _plain(
+            self._call(
+                "list_invoice_payments", lambda: self.client.v1.invoice_payments.list({"invoice": str(invoice["id"])})
+            )
+        )
+        for entry in payments.get("data") or []:
+            payment = entry.get("payment") or {}
+            if entry.get("status") in (None, "paid"):
+                payment_intent, charge = ident(payment.get("payment_intent")), ident(payment.get("charge"))
+                if payment_intent or charge:
+                    break
+        return payment_intent, charge
+
+    def retrieve_subscription(self, subscription_id: str) -> ProviderSubscription:
+        sub = self._call("retrieve_subscription", lambda: self.client.v1.subscriptions.retrieve(subscription_id))
+        return self.subscription_value(_plain(sub))
+
+    @staticmethod
+    def subscription_value(sub: dict[str, Any]) -> ProviderSubscription:
+        items = (sub.get("items") or {}).get("data") or []
+        item = items[0] if items else {}
+        # current API versions keep the period on the items; older ones on the subscription
+        start = item.get("current_period_start") or sub.get("current_period_start")
+        end = item.get("current_period_end") or sub.get("current_period_end")
+        return ProviderSubscription(
+            id=str(sub["id"]),
+            status=str(sub.get("status") or ""),
+            customer_id=sub.get("customer") if isinstance(sub.get("customer"), str) else None,
+            cancel_at_period_end=bool(sub.get("cancel_at_period_end")),
+            current_period_start=_dt(start),
+            current_period_end=_dt(end),
+            canceled_at=_dt(sub.get("canceled_at")),
+            raw=sub,
+        )

@@ -1,0 +1,66 @@
+"""``robosystems worker`` and ``robosystems beat`` (registered on the main typer app by :func:`register`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from robosystems.config import ConfigError, get_settings
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def worker(
+        concurrency: Annotated[int, typer.Option(help="Worker processes/threads")] = 2,
+        pool: Annotated[str, typer.Option(help="prefork | threads | solo")] = "prefork",
+        loglevel: Annotated[str, typer.Option(help="Log level")] = "INFO",
+    ) -> None:
+        """Run a Celery worker (needs CELERY_BROKER_URL or REDIS_URL)."""
+        try:
+            settings = get_settings()
+        except ConfigError as exc:
+            _fail(str(exc))
+            return
+        from robosystems.db import resolve_database_url
+        from robosystems.observability import configure_logging
+        from robosystems.worker.celery_app import broker_url, celery_app
+
+        if not broker_url(settings):
+            _fail("no broker: set CELERY_BROKER_URL or REDIS_URL (without one, `robosystems serve` runs tasks itself)")
+        configure_logging(settings.log_level, settings.log_json)
+        resolve_database_url(settings)
+        celery_app.worker_main(
+            [
+                "worker",
+                f"--loglevel={loglevel}",
+                f"--concurrency={concurrency}",
+                f"--pool={pool}",
+                f"--queues={settings.celery_queue}",
+                "--without-gossip",
+                "--without-mingle",
+            ]
+        )
+
+    @app.command()
+    def beat(loglevel: Annotated[str, typer.Option(help="Log level")] = "INFO") -> None:
+        """Run the Celery beat scheduler (outbox relay, sweeps, pruning, reconciliation)."""
+        try:
+            settings = get_settings()
+        except ConfigError as exc:
+            _fail(str(exc))
+            return
+        from robosystems.observability import configure_logging
+        from robosystems.worker.celery_app import broker_url, celery_app
+
+        if not broker_url(settings):
+            _fail("no broker: set CELERY_BROKER_URL or REDIS_URL (without one, `robosystems serve` schedules itself)")
+        configure_logging(settings.log_level, settings.log_json)
+        settings.robosystems_data_dir.mkdir(parents=True, exist_ok=True)
+        schedule = settings.robosystems_data_dir / "celerybeat-schedule"
+        celery_app.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])

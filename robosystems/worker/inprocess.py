@@ -1,0 +1,182 @@
+"""Background work inside ``robosystems serve``: the outbox relay, and without a broker the worker itself.
+
+Two modes, one thread each (plus a small pool for in-process runs):
+
+* **No broker configured** (neither ``CELERY_BROKER_URL`` nor ``REDIS_URL``): the ``task_outbox`` table is
+  the queue.  A relay thread claims due rows (``FOR UPDATE SKIP LOCKED`` + a lease of
+  ``TASK_LEASE_SECONDS``) and runs the registered Celery task objects directly in a thread pool of
+  ``EMBEDDED_WORKER_CONCURRENCY``; a row becomes ``sent`` only when its task has finished.  The periodic
+  entries of :mod:`robosystems.worker.schedule` (sweeps, pruning, reconciliation) run in the same pool.
+* **Broker configured**: the thread only relays committed outbox rows to the broker right after commit
+  (woken by :func:`robosystems.worker.outbox.notify`) and every ``OUTBOX_POLL_INTERVAL_SECONDS``;
+  ``robosystems worker`` processes run the tasks.
+
+Why not a Celery worker thread on the in-memory transport: the memory transport loses every queued
+message when the process stops (a webhook acknowledged to Stripe would then depend on the sweeper), a
+Celery worker assumes it owns the main thread (signal handlers, its own shutdown), and it would be a
+second queue beside the outbox that already is durable.  Running the outbox rows directly keeps the
+embedded default durable (a crash mid-run only delays the row until its lease expires), adds no
+moving part, and executes exactly the same code as a Celery worker: the task object registered by
+``@celery_app.task`` (which calls the feature's service function), with the same retry budget
+(``TASK_MAX_RETRIES``, ``TASK_RETRY_BACKOFF_SECONDS``).  Several ``serve`` processes share the work
+through the row locks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from typing import Literal
+
+from sqlalchemy import Engine
+
+from robosystems.config import Settings
+from robosystems.worker import context, outbox
+from robosystems.worker.celery_app import broker_url, celery_app, registered_task_names
+from robosystems.worker.schedule import DRAIN_OUTBOX, entries
+
+log = logging.getLogger("robosystems.worker.inprocess")
+
+Mode = Literal["inline", "relay"]
+
+
+class BackgroundWorker:
+    def __init__(self, settings: Settings, *, engine: Engine | None = None, mode: Mode | None = None) -> None:
+        self.settings = settings
+        self.mode: Mode = mode or ("relay" if broker_url(settings) else "inline")
+        self.ctx = context.configure(settings, engine)
+        self._own_engine = engine is None
+        self.concurrency = settings.embedded_worker_concurrency
+        self.dispatcher: outbox.Dispatcher = (
+            outbox.InlineDispatcher(settings) if self.mode == "inline" else outbox.CeleryDispatcher(settings)
+        )
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._queued: dict[Future[object], str] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._thread: threading.Thread | None = None
+        self._next_due: dict[str, float] = {}
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> BackgroundWorker:
+        registered_task_names()  # import the feature task modules once, up front
+        if self.mode == "inline":
+            self._pool = ThreadPoolExecutor(
+                max_workers=self.concurrency, thread_name_prefix="robosystems-task", initializer=self._lower_priority
+            )
+            # the API's event loop waits at most ~1 ms (not 5) for a task thread to hand back the GIL
+            sys.setswitchinterval(min(sys.getswitchinterval(), self.settings.embedded_worker_switch_interval_ms / 1000))
+            now = time.monotonic()
+            for entry in entries(self.settings):
+                if entry.task != DRAIN_OUTBOX:
+                    self._next_due[entry.name] = now + min(entry.every_seconds, 30.0)
+        outbox.add_listener(self.wake)
+        self._thread = threading.Thread(target=self._loop, name=f"robosystems-outbox-{self.mode}", daemon=True)
+        self._thread.start()
+        log.info(
+            "background worker started (mode=%s, concurrency=%s)",
+            self.mode,
+            self.concurrency if self.mode == "inline" else 0,
+        )
+        return self
+
+    def _lower_priority(self) -> None:
+        """Background work yields the CPU to the API (Linux applies nice values per thread)."""
+        nice = self.settings.embedded_worker_nice
+        if nice > 0 and hasattr(os, "setpriority"):
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+            except OSError:
+                log.debug("could not lower the priority of %s", threading.current_thread().name)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        outbox.remove_listener(self.wake)
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            with self._lock:
+                cancelled = [row_id for fut, row_id in self._queued.items() if fut.cancelled() and row_id]
+                self._queued.clear()
+            try:
+                outbox.release(self.ctx.engine, cancelled)
+            except Exception:  # noqa: BLE001 - the leases expire on their own
+                log.warning("could not release %s queued outbox rows", len(cancelled))
+        if self._own_engine:
+            self.ctx.engine.dispose()
+        log.info("background worker stopped")
+
+    # --- loop ------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        self._lower_priority()
+        while not self._stop.is_set():
+            more = False
+            try:
+                more = self._tick()
+            except Exception:  # noqa: BLE001 - keep the thread alive; rows stay pending
+                log.exception("background worker pass failed")
+            if not more:
+                self._wake.wait(timeout=self.settings.outbox_poll_interval_seconds)
+                self._wake.clear()
+
+    def _inflight(self) -> int:
+        with self._lock:
+            return len(self._queued)
+
+    def _tick(self) -> bool:
+        if self.mode == "relay":
+            limit = self.settings.outbox_batch_size
+            return outbox.drain(self.ctx.engine, self.dispatcher, limit=limit) >= limit
+        self._run_due_schedule()
+        free = self.concurrency * 2 - self._inflight()
+        if free <= 0:
+            return False  # a finishing run wakes the loop
+        known = registered_task_names()
+        outbox.flag_unknown(self.ctx.engine, known)
+        rows = outbox.claim(self.ctx.engine, limit=free, lease_seconds=self.dispatcher.lease_seconds, known=known)
+        for row in rows:
+            self._submit(partial(self.dispatcher.run, self.ctx.engine, row), row.id)
+        return len(rows) >= free
+
+    def _submit(self, fn: Callable[[], object], row_id: str) -> None:
+        assert self._pool is not None
+        future: Future[object] = self._pool.submit(fn)
+        with self._lock:
+            self._queued[future] = row_id
+        future.add_done_callback(self._done)
+
+    def _done(self, future: Future[object]) -> None:
+        with self._lock:
+            self._queued.pop(future, None)
+        if not future.cancelled() and future.exception() is not None:
+            log.error("background run failed", exc_info=future.exception())
+        self._wake.set()
+
+    def _run_due_schedule(self) -> None:
+        now = time.monotonic()
+        for entry in entries(self.settings):
+            due = self._next_due.get(entry.name)
+            if due is None or now < due:
+                continue
+            self._next_due[entry.name] = now + entry.every_seconds
+            task = celery_app.tasks.get(entry.task)
+            if task is None:
+                continue
+            self._submit(partial(task, *entry.args), "")
+
+
+def start_background_worker(settings: Settings) -> BackgroundWorker:
+    """Start the in-process worker (no broker) or the outbox relay (broker) for ``serve``."""
+    return BackgroundWorker(settings).start()

@@ -262,6 +262,7 @@ def main() -> int:
     args = parser.parse_args()
     install_signal_handlers()
     log(f"machine: {machine_load()}")
+    queue = f"bench-{secrets.token_hex(4)}"
     try:
         with ExitStack() as stack:
             db = stack.enter_context(scratch_database(admin_url_from_env(), prefix="bench_webhooks"))
@@ -273,7 +274,7 @@ def main() -> int:
                 "WEBHOOK_RATE_LIMIT_PER_IP": "1000000/minute",
                 "OUTBOX_POLL_INTERVAL_SECONDS": "0.5",
                 "LOG_LEVEL": "WARNING",
-                "CELERY_QUEUE": f"bench-{secrets.token_hex(4)}",
+                "CELERY_QUEUE": queue,
             }
             if args.redis:
                 env["REDIS_URL"] = args.redis_url
@@ -320,6 +321,13 @@ def main() -> int:
     except Exception as exc:  # noqa: BLE001 - harness error
         log(f"harness error: {exc!r}")
         return 2
+    finally:
+        if args.redis:  # leave nothing behind in the shared Redis
+            import redis
+
+            client = redis.Redis.from_url(args.redis_url)
+            for key in [queue, *client.scan_iter(f"_kombu.binding*.{queue}")]:
+                client.delete(key)
 
     mode = "redis broker + worker" if args.redis else "embedded (in-process worker)"
     print(

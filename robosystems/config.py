@@ -136,6 +136,7 @@ class Settings(BaseSettings):
     embedded_worker_concurrency: int = Field(default=2, ge=1)
     embedded_worker_nice: int = Field(default=10, ge=0, le=19)  # in-process task threads yield the CPU to the API
     embedded_worker_switch_interval_ms: float = Field(default=1.0, gt=0)  # GIL hand-over bound with task threads
+    embedded_worker_yield_lag_ms: float = Field(default=5.0, ge=0)  # task threads wait while the API lags more; 0 = off
     admin_api_key: str = ""
 
     # --- graphs: storage, provisioning, lifecycle, queries (robosystems/graphs) -------------

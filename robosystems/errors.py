@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from robosystems.observability import BodyTooLarge, current_request_id
@@ -131,6 +132,18 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BodyTooLarge)
     async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
         return JSONResponse(error_body("Request body too large", "payload_too_large"), status_code=413)
+
+    @app.exception_handler(sa_exc.OperationalError)
+    @app.exception_handler(sa_exc.InterfaceError)
+    @app.exception_handler(sa_exc.TimeoutError)
+    async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        # Connection refused, server out of slots, pool exhausted: the caller may retry.
+        log.error("database unavailable: %s", type(exc).__name__)
+        return JSONResponse(
+            error_body("Database unavailable; retry later", "database_unavailable"),
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

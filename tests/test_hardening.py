@@ -143,8 +143,9 @@ async def test_readyz_reports_database_down(app_factory) -> None:  # type: ignor
         assert ready.status_code == 503
         assert ready.json()["checks"]["database"].startswith("unavailable")
         login = await client.post("/v1/auth/login", json={"email": "a@example.com", "password": "whatever whatever"})
-        assert login.status_code == 500
-        assert login.json()["code"] == "internal_error" and "psycopg" not in login.text
+        assert login.status_code == 503
+        assert login.json()["code"] == "database_unavailable" and "psycopg" not in login.text
+        assert login.headers["Retry-After"] == "5"
 
 
 def test_production_refuses_placeholder_or_missing_secret(tmp_path: Path) -> None:

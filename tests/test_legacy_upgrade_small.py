@@ -567,6 +567,27 @@ def test_snapshot_rerecorded_after_a_data_fix_mid_upgrade(legacy_db: tuple[str, 
     assert refused.exit_code == 2 and "at head" in refused.output
 
 
+def test_blocker_fixed_between_runs_is_picked_up_without_a_manual_snapshot(
+    legacy_db: tuple[str, dict[str, Any]],
+) -> None:
+    """The common operator path: upgrade right away, stop at the case twins (the snapshot revision is committed by
+    then), rename them, upgrade again.  The identity revision re-checks the tables it reshapes first, so verify is
+    clean and reports that the users changed between the runs."""
+    url, _ = legacy_db
+    owner = _some_user(url)
+    with pytest.raises(RuntimeError, match="differ only by case"):
+        migrations.upgrade("head", url, x_args=[f"orphan_graphs_owner={owner}"])
+    assert _scalar(url, "SELECT version_num FROM alembic_version") == checksums.SNAPSHOT
+    assert _execute(url, RENAME_CASE_DUPLICATES) == 2
+    migrations.upgrade("head", url, x_args=[f"orphan_graphs_owner={owner}"])
+    report = verify.run_url(url)
+    assert report.exit_code == 0, report.render_text()
+    refreshed = report.finding("snapshot_refreshed")
+    assert refreshed is not None and refreshed.severity == "warning"
+    names = {e.split(":")[0] for e in refreshed.examples}
+    assert "users" in names and names <= {"users", "user_email_spelling"}
+
+
 def test_discard_snapshot_after_clean_verify(
     upgraded_template: tuple[str, dict[str, Any]], copy_of: Callable[[str], str]
 ) -> None:

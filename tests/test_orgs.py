@@ -38,9 +38,9 @@ ORG_TABLES = (
 
 
 INSERT_SUBSCRIPTION = (
-    "INSERT INTO billing_subscriptions (id, billing_customer_user_id, org_id, resource_type, resource_id, plan_name, "
-    "billing_interval, base_price_cents, status, created_at, updated_at, payment_provider) "
-    "VALUES (:id, :u, :o, 'graph', :r, 'kuzu-standard', 'monthly', 4900, :s, now(), now(), 'stripe')"
+    "INSERT INTO billing_subscriptions (id, org_id, resource_type, resource_id, plan_name, billing_interval, "
+    "base_price_cents, status, created_at, updated_at, payment_provider) "
+    "VALUES (:id, :o, 'graph', :r, 'kuzu-standard', 'monthly', 4900, :s, now(), now(), 'stripe')"
 )
 
 
@@ -350,54 +350,49 @@ async def test_personal_org_cannot_be_deleted_or_left(client: httpx.AsyncClient,
     assert snapshot(sync_engine, ORG_TABLES) == before
 
 
-async def test_blocking_subscriptions_refuse_deletion(make_database: Any, sync_engine: Engine) -> None:
-    """Against a throwaway DB whose billing_subscriptions has an org_id column (the billing migration's
-    shape): live subscriptions block deletion with their reasons; canceled ones don't."""
-    from sqlalchemy import create_engine
+async def test_live_subscriptions_block_deletion_with_reasons(client: httpx.AsyncClient, sync_engine: Engine) -> None:
+    setup = await org_with_roles(client, sync_engine)
+    statuses = ("active", "past_due", "canceled", "provisioning", "pending_payment", "unpaid", "failed")
+    with sync_engine.begin() as conn:
+        for i, status in enumerate(statuses):
+            conn.execute(
+                text(INSERT_SUBSCRIPTION),
+                {"id": f"bsub_{i}", "o": setup.org_id, "r": f"kg{i:016x}", "s": status},
+            )
+    before = snapshot(sync_engine, ORG_TABLES)
+    refused = await client.delete(f"/v1/orgs/{setup.org_id}", headers=setup.owner.auth)
+    assert refused.status_code == 409
+    body = refused.json()
+    assert body["code"] == "org_has_active_subscriptions"
+    assert body["reasons"] == [
+        "subscription bsub_0 for graph kg0000000000000000 is active",
+        "subscription bsub_1 for graph kg0000000000000001 is past_due",
+        "subscription bsub_3 for graph kg0000000000000003 is provisioning",
+        "subscription bsub_4 for graph kg0000000000000004 is pending_payment",
+        "subscription bsub_5 for graph kg0000000000000005 is unpaid",
+    ]
+    assert snapshot(sync_engine, ORG_TABLES) == before
+    with sync_engine.begin() as conn:
+        conn.execute(text("UPDATE billing_subscriptions SET status = 'canceled' WHERE status <> 'failed'"))
+    assert (await client.delete(f"/v1/orgs/{setup.org_id}", headers=setup.owner.auth)).status_code == 202
+
+
+async def test_blocking_subscriptions_is_empty_below_the_org_billing_revision(make_database: Any) -> None:
+    """On a database whose billing_subscriptions is still keyed by user (revision d5e6f7a8b9c0, before
+    the org billing migration) nothing can be attributed to an org: no blocking reasons."""
+    from sqlalchemy.ext.asyncio import create_async_engine
 
     from robosystems import migrations
     from robosystems.db import sync_url
-    from tests.conftest import base_settings
 
     url = make_database()
-    migrations.upgrade("head", url)
-    engine = create_engine(sync_url(url))
+    migrations.upgrade("d5e6f7a8b9c0", url)
+    engine = create_async_engine(sync_url(url))
     try:
-        with engine.begin() as conn:
-            conn.execute(text("ALTER TABLE billing_subscriptions ADD COLUMN IF NOT EXISTS org_id varchar"))
-        from robosystems.app import create_app
-
-        app = create_app(base_settings(url))
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-                owner = await person(client)
-                org = await make_org(client, owner)
-                with engine.begin() as conn:
-                    for i, status in enumerate(("active", "past_due", "canceled", "provisioning")):
-                        conn.execute(
-                            text(INSERT_SUBSCRIPTION),
-                            {"id": f"bsub_{i}", "u": owner.id, "o": org["id"], "r": f"kg{i:016x}", "s": status},
-                        )
-                refused = await client.delete(f"/v1/orgs/{org['id']}", headers=owner.auth)
-                assert refused.status_code == 409
-                body = refused.json()
-                assert body["code"] == "org_has_active_subscriptions"
-                assert body["reasons"] == [
-                    "subscription bsub_0 for graph kg0000000000000000 is active",
-                    "subscription bsub_1 for graph kg0000000000000001 is past_due",
-                    "subscription bsub_3 for graph kg0000000000000003 is provisioning",
-                ]
-                with engine.begin() as conn:
-                    conn.execute(text("UPDATE billing_subscriptions SET status = 'canceled'"))
-                assert (await client.delete(f"/v1/orgs/{org['id']}", headers=owner.auth)).status_code == 202
+        async with AsyncSession(engine) as session:
+            assert await org_service.blocking_subscriptions(session, "org_any") == []
     finally:
-        engine.dispose()
-
-
-async def test_blocking_subscriptions_is_empty_without_org_column(app: FastAPI) -> None:
-    async with app.state.sessionmaker() as session:
-        assert await org_service.blocking_subscriptions(session, "org_any") == []
+        await engine.dispose()
 
 
 async def test_restore_within_grace_and_not_after(app: FastAPI, client: httpx.AsyncClient, sync_engine: Engine) -> None:
@@ -452,34 +447,43 @@ async def test_purge_after_grace_via_cli(
     await invite(client, old.owner, old.org_id, "someone@example.com")
     with_graph = await make_org(client, old.owner, "Has a graph")
     recent = await make_org(client, old.owner, "Recent")
+    billed = await make_org(client, old.owner, "Has billing history")
     insert_graph(sync_engine, with_graph["id"], "kg00000000000000bb")
-    for org_id in (old.org_id, with_graph["id"], recent["id"]):
+    with sync_engine.begin() as conn:
+        conn.execute(text(INSERT_SUBSCRIPTION), {"id": "bsub_old", "o": billed["id"], "r": None, "s": "canceled"})
+    for org_id in (old.org_id, with_graph["id"], recent["id"], billed["id"]):
         assert (await client.delete(f"/v1/orgs/{org_id}", headers=old.owner.auth)).status_code == 202
     with sync_engine.begin() as conn:
         conn.execute(
             text("UPDATE orgs SET deleted_at = now() - interval '40 days' WHERE id = ANY(:ids)"),
-            {"ids": [old.org_id, with_graph["id"]]},
+            {"ids": [old.org_id, with_graph["id"], billed["id"]]},
         )
 
     dry = _cli(database_url, tmp_path, "purge-orgs", "--dry-run")
-    assert dry == {"dry_run": True, "purged": [old.org_id], "skipped": {with_graph["id"]: "still owns 1 graph(s)"}}
+    assert dry["skipped"] == {with_graph["id"]: "still owns 1 graph(s)"}
+    assert sorted(dry["purged"]) == sorted([old.org_id, billed["id"]])  # a dry run doesn't try the delete
     assert count(sync_engine, "SELECT count(*) FROM orgs WHERE id = :o", o=old.org_id) == 1
 
     report = _cli(database_url, tmp_path, "purge-orgs")
     assert report["purged"] == [old.org_id]
+    # billing rows reference the org (FK RESTRICT): skipped and reported, never force-deleted
+    assert report["skipped"] == {
+        with_graph["id"]: "still owns 1 graph(s)",
+        billed["id"]: "still referenced by other records",
+    }
+    assert audit_types(sync_engine, billed["id"])[-1] == "org.deleted"  # its purge event was rolled back too
     assert count(sync_engine, "SELECT count(*) FROM orgs WHERE id = :o", o=old.org_id) == 0
     for table in ("org_users", "org_limits", "org_invitations"):
         assert count(sync_engine, f"SELECT count(*) FROM {table} WHERE org_id = :o", o=old.org_id) == 0
     types = audit_types(sync_engine, old.org_id)
     assert types[0] == "org.created" and types[-1] == "org.purged"  # the trail outlives the org
-    assert (
-        count(sync_engine, "SELECT count(*) FROM orgs WHERE id = ANY(:ids)", ids=[with_graph["id"], recent["id"]]) == 2
-    )
+    survivors = [with_graph["id"], recent["id"], billed["id"]]
+    assert count(sync_engine, "SELECT count(*) FROM orgs WHERE id = ANY(:ids)", ids=survivors) == 3
     # users keep their accounts and personal orgs
     assert count(sync_engine, "SELECT count(*) FROM users") == 3
 
     listed = _cli(database_url, tmp_path, "list-deleted-orgs")
-    assert {o["id"] for o in listed["orgs"]} == {with_graph["id"], recent["id"]}
+    assert {o["id"] for o in listed["orgs"]} == set(survivors)
     restored = _cli(database_url, tmp_path, "restore-org", recent["id"], "--reason", "mistake")
     assert restored["restored"] is True
     assert (await client.get(f"/v1/orgs/{recent['id']}", headers=old.owner.auth)).status_code == 200

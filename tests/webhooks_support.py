@@ -399,7 +399,7 @@ class ToggleProxy:
                     if not data:
                         return
                     (b if sock is a else a).sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # closed by down() under our feet
             return
         finally:
             for sock in sockets:

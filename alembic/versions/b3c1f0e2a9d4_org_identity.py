@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from alembic import context, op
-from robosystems.migrate_tools import runtime
+from robosystems.migrate_tools import runtime, snapshot
 
 revision: str = "b3c1f0e2a9d4"
 down_revision: str | None = "a1b2c3d4e5f6"
@@ -110,6 +110,7 @@ def upgrade() -> None:
     default_limit = _default_graph_limit()  # checked before anything changes
     progress = runtime.begin(conn, revision)  # lock/statement timeouts for this transaction (also validated here)
     _stop_on_case_duplicates(conn)
+    snapshot.refresh_before(conn, revision)  # identity tables edited since the snapshot (e.g. to fix a blocker)
     op.execute(ULID_FUNCTION)
     op.execute(APPEND_ONLY_FUNCTION)
 

@@ -48,6 +48,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from alembic import context, op
+from robosystems.migrate_tools import runtime, snapshot
 
 revision: str = "c4d5e6f7a8b9"
 down_revision: str | None = "b3c1f0e2a9d4"
@@ -262,10 +263,12 @@ def _record_conflicts(conn: sa.Connection) -> None:
 
 def upgrade() -> None:
     conn = op.get_bind()
+    progress = runtime.begin(conn, revision)  # bounded lock waits / statement time, progress logs
 
     # ---- decide every owner first (temp tables only), stop before changing anything on orphans ----------------
     _derive_owners(conn, "user_graphs")
     orphans = _orphans(conn)
+    progress.info("owners derived (%d graph(s) without any signal)", len(orphans))
     if orphans:
         target = _orphan_target(conn)
         if target is None:
@@ -287,10 +290,17 @@ def upgrade() -> None:
         _inherit_from_parents(conn)
         log.warning("graph ownership: %d orphan graph(s) assigned to org %s by the operator", len(orphans), target)
 
+    snapshot.refresh_before(conn, revision)  # graph tables edited since the snapshot (e.g. to fix a blocker)
+
     # ---- graphs: org_id, timestamptz ---------------------------------------------------------------------------
     # Fill org_id first: the type change that follows rewrites the table and its indexes, leaving no bloat.
     op.execute("ALTER TABLE graphs ADD COLUMN org_id varchar")
-    op.execute("UPDATE graphs g SET org_id = o.org_id FROM _rs_owner o WHERE o.graph_id = g.graph_id")
+    progress.batched(
+        "graphs.org_id",
+        "UPDATE graphs g SET org_id = o.org_id FROM _rs_owner o WHERE o.graph_id = g.graph_id AND {range}",
+        runtime.key_ranges(conn, "_rs_owner", "graph_id"),
+        key="o.graph_id",
+    )
     op.execute(
         "ALTER TABLE graphs "
         "ALTER COLUMN created_at TYPE timestamptz USING created_at AT TIME ZONE 'UTC', "
@@ -303,6 +313,7 @@ def upgrade() -> None:
         "ON DELETE RESTRICT, ADD CONSTRAINT ck_graphs_org_required CHECK (org_id IS NOT NULL OR is_repository)"
     )
     op.execute("CREATE INDEX ix_graphs_org_id ON graphs (org_id)")
+    progress.info("graphs: org_id set, timestamps converted, indexes rebuilt")
 
     # ---- review table ------------------------------------------------------------------------------------------
     op.execute(
@@ -322,6 +333,7 @@ def upgrade() -> None:
         """
     )
     _record_conflicts(conn)
+    progress.info("graph_ownership_conflicts recorded")
 
     # ---- user_graphs -> graph_users ------------------------------------------------------------------------------
     op.execute("ALTER TABLE user_graphs RENAME TO graph_users")
@@ -348,6 +360,7 @@ def upgrade() -> None:
     op.execute("ALTER TABLE graph_usage RENAME CONSTRAINT graph_usage_tracking_pkey TO pk_graph_usage")
 
     op.execute("DROP TABLE IF EXISTS _rs_claims, _rs_own_choice, _rs_owner")
+    progress.info("done: user_graphs -> graph_users, graph_usage_tracking -> graph_usage")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -383,6 +396,7 @@ def _refuse_lossy_downgrade(conn: sa.Connection) -> None:
 
 def downgrade() -> None:
     conn = op.get_bind()
+    runtime.begin(conn, f"{revision} downgrade")
     _refuse_lossy_downgrade(conn)
 
     op.execute("ALTER TABLE graph_usage RENAME CONSTRAINT pk_graph_usage TO graph_usage_tracking_pkey")

@@ -50,6 +50,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from alembic import context, op
+from robosystems.migrate_tools import runtime, snapshot
 
 revision: str = "e6f7a8b9c0d1"
 down_revision: str | None = "d5e6f7a8b9c0"
@@ -247,7 +248,7 @@ def _upgrade_customers() -> None:
     _tz_and_defaults("billing_customers")
 
 
-def _upgrade_subscriptions() -> None:
+def _upgrade_subscriptions(progress: runtime.Progress) -> None:
     op.execute(
         "ALTER TABLE billing_subscriptions ADD COLUMN org_id varchar, "
         "ADD COLUMN provider_checkout_session_id varchar, ADD COLUMN idempotency_key varchar(255), "
@@ -256,7 +257,8 @@ def _upgrade_subscriptions() -> None:
         "ADD COLUMN checkout_expires_at timestamptz, ADD COLUMN legacy_status varchar, "
         "ALTER COLUMN billing_customer_user_id DROP NOT NULL"
     )
-    op.execute(
+    progress.batched(
+        "subscriptions -> orgs",
         "UPDATE billing_subscriptions SET "
         f"org_id = {_personal_org('billing_subscriptions.billing_customer_user_id')}, "
         "provider_checkout_session_id = CASE WHEN starts_with(provider_subscription_id, 'cs_') "
@@ -264,7 +266,9 @@ def _upgrade_subscriptions() -> None:
         "provider_subscription_id = CASE WHEN starts_with(provider_subscription_id, 'cs_') "
         "  THEN NULL ELSE provider_subscription_id END, "
         f"legacy_status = CASE WHEN {_STATUS_MAP_SQL} <> status THEN status END, "
-        f"status = {_STATUS_MAP_SQL}"
+        f"status = {_STATUS_MAP_SQL} WHERE {{range}}",
+        runtime.key_ranges(progress.conn, "billing_subscriptions", "id"),
+        key="id",
     )
     op.execute(
         "ALTER TABLE billing_subscriptions ALTER COLUMN org_id SET NOT NULL, "
@@ -282,19 +286,22 @@ def _upgrade_subscriptions() -> None:
     _tz_and_defaults("billing_subscriptions")
 
 
-def _upgrade_invoices() -> None:
+def _upgrade_invoices(progress: runtime.Progress) -> None:
     op.execute(
         "ALTER TABLE billing_invoices ADD COLUMN org_id varchar, ADD COLUMN subscription_id varchar, "
         "ADD COLUMN currency varchar(3) NOT NULL DEFAULT 'usd', ADD COLUMN amount_paid_cents integer, "
         "ADD COLUMN hosted_invoice_url varchar, ADD COLUMN invoice_pdf varchar, "
         "ALTER COLUMN billing_customer_user_id DROP NOT NULL"
     )
-    op.execute(
+    progress.batched(
+        "invoices -> orgs",
         "UPDATE billing_invoices i SET "
         f"org_id = {_personal_org('i.billing_customer_user_id')}, "
         "amount_paid_cents = CASE WHEN i.status = 'paid' THEN i.total_cents ELSE 0 END, "
         "subscription_id = (SELECT min(li.subscription_id) FROM billing_invoice_line_items li "
-        "  WHERE li.invoice_id = i.id HAVING count(DISTINCT li.subscription_id) = 1)"
+        "  WHERE li.invoice_id = i.id HAVING count(DISTINCT li.subscription_id) = 1) WHERE {range}",
+        runtime.key_ranges(progress.conn, "billing_invoices", "id"),
+        key="i.id",
     )
     op.execute(
         "ALTER TABLE billing_invoices ALTER COLUMN org_id SET NOT NULL, "
@@ -325,11 +332,15 @@ def _upgrade_invoices() -> None:
     _tz_and_defaults("billing_invoice_line_items")
 
 
-def _upgrade_audit_logs(conn: sa.Connection) -> None:
+def _upgrade_audit_logs(conn: sa.Connection, progress: runtime.Progress) -> None:
     op.execute("ALTER TABLE billing_audit_logs ADD COLUMN org_id varchar, ADD COLUMN reason varchar(500)")
-    op.execute(
+    progress.batched(
+        "billing audit rows -> orgs",
         "UPDATE billing_audit_logs SET org_id = "
-        f"{_personal_org('billing_audit_logs.billing_customer_user_id')} WHERE billing_customer_user_id IS NOT NULL"
+        f"{_personal_org('billing_audit_logs.billing_customer_user_id')} "
+        "WHERE billing_customer_user_id IS NOT NULL AND {range}",
+        runtime.key_ranges(progress.conn, "billing_audit_logs", "id"),
+        key="id",
     )
     _tz_and_defaults("billing_audit_logs")
     op.execute(
@@ -404,12 +415,20 @@ def _upgrade_ledger(conn: sa.Connection) -> None:
 
 def upgrade() -> None:
     conn = op.get_bind()
+    progress = runtime.begin(conn, revision)  # bounded lock waits / statement time, progress logs
     _prechecks(conn)
+    snapshot.refresh_before(conn, revision)  # billing/credit tables edited since the snapshot (e.g. to fix a blocker)
+    progress.info("prechecks passed")
     _upgrade_customers()
-    _upgrade_subscriptions()
-    _upgrade_invoices()
-    _upgrade_audit_logs(conn)
+    progress.info("billing_customers keyed by org")
+    _upgrade_subscriptions(progress)
+    progress.info("billing_subscriptions moved to orgs")
+    _upgrade_invoices(progress)
+    progress.info("billing_invoices moved to orgs, counters backfilled")
+    _upgrade_audit_logs(conn, progress)
+    progress.info("billing_audit_logs moved to orgs")
     _upgrade_ledger(conn)
+    progress.info("done: ledger opening balances")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -454,6 +473,7 @@ def _refuse_lossy_downgrade(conn: sa.Connection) -> None:
 
 def downgrade() -> None:
     conn = op.get_bind()
+    runtime.begin(conn, f"{revision} downgrade")
     _refuse_lossy_downgrade(conn)
 
     # ---- ledger --------------------------------------------------------------------------------------------------

@@ -640,7 +640,10 @@ def retry_failed(session: Session, subscription_id: str, *, actor: Actor, reason
             f"Only a failed provisioning can be retried (status: {sub.status})", code="not_failed"
         )
     if markers.compensation_status not in (None, "none"):
-        raise Conflict("The payment of this subscription was already given back", code="already_compensated")
+        raise Conflict(
+            "The payment of this subscription is being or was given back: it needs a new purchase",
+            code="already_compensated",
+        )
     subs.transition(session, subscription_id, "provisioning", actor=actor, reason=reason, data={"retry": True})
     _set_markers(
         session,

@@ -852,8 +852,9 @@ def run(conn: sa.Connection, *, database: str = "", options: Options | None = No
                     "partial_upgrade",
                     "warning",
                     f"the upgrade stopped after revision {revision}: the checks of the remaining revisions follow. "
-                    "If you changed legacy data to clear a blocker, record the snapshot again "
-                    "(`robosystems migrate snapshot`) before `migrate upgrade`",
+                    "Legacy data you change now to clear a blocker is picked up by the snapshot automatically "
+                    "(verify reports it); after editing a table an earlier revision already reshaped, run "
+                    "`robosystems migrate snapshot` before `migrate upgrade`",
                     1,
                 )
             )

@@ -7,13 +7,19 @@ Recorded by revision ``a1b2c3d4e5f6`` (right after the legacy baseline, before t
 * ``migration_snapshot_credits``: per credit pool its balance, the sum and the number of its ledger rows;
 * ``migration_snapshot_memberships``: every ``user_graphs`` row (id, user, graph, role, selected).
 
-``robosystems migrate verify`` compares the upgraded database with it.  If the upgrade stopped at a blocker and an
-operator then changed legacy data to clear it, ``robosystems migrate snapshot`` records it again (from the schema as
-it stands at the current revision), so verify compares against the data the upgrade actually started from.
+``robosystems migrate verify`` compares the upgraded database with it.
+
+An upgrade that stopped at a blocker is usually resumed after an operator changed legacy data to clear it.  So each
+data-moving revision first calls :func:`refresh_before`: the entries of the tables that revision is the first to
+reshape are computed again and, when they differ from the record (the data changed between the two runs), replaced
+-- the previous values are kept in ``details.refreshed`` and verify reports them as a warning.  Tables that an
+earlier revision already reshaped are never refreshed, so damage done by a revision is not hidden.
+``robosystems migrate snapshot`` records everything again by hand.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -22,6 +28,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from robosystems.migrate_tools import checksums
+
+log = logging.getLogger("robosystems.migrate")
 
 TABLE = "migration_snapshots"
 CREDITS_TABLE = "migration_snapshot_credits"
@@ -44,10 +52,7 @@ def exists(conn: sa.Connection) -> bool:
 
 def record(conn: sa.Connection, revision: str) -> Snapshot:
     """(Re)record the snapshot from the data as it stands, reading the schema of ``revision``."""
-    order = checksums.revision_order()
     conn.execute(sa.text(f"DELETE FROM {TABLE}"))
-    conn.execute(sa.text(f"DELETE FROM {CREDITS_TABLE}"))
-    conn.execute(sa.text(f"DELETE FROM {MEMBERSHIPS_TABLE}"))
     details: dict[str, Any] = {"graph_limits": {"default_limit": checksums.default_graph_limit()}}
     for spec in checksums.specs():
         variant = spec.variant(revision)
@@ -66,6 +71,16 @@ def record(conn: sa.Connection, revision: str) -> Snapshot:
                 "details": _json(details.get(spec.name, {})),
             },
         )
+    _record_pools(conn, revision)
+    _record_memberships(conn, revision)
+    loaded = load(conn)
+    assert loaded is not None
+    return loaded
+
+
+def _record_pools(conn: sa.Connection, revision: str) -> None:
+    order = checksums.revision_order()
+    conn.execute(sa.text(f"DELETE FROM {CREDITS_TABLE}"))
     ledger_filter = ""
     if order[revision] >= order[checksums.ORG_BILLING]:
         ledger_filter = f"WHERE idempotency_key IS NULL OR NOT {checksums.MIGRATION_LEDGER_KEYS}"
@@ -78,6 +93,11 @@ def record(conn: sa.Connection, revision: str) -> Snapshot:
             "ON t.graph_credits_id = gc.id"
         )
     )
+
+
+def _record_memberships(conn: sa.Connection, revision: str) -> None:
+    order = checksums.revision_order()
+    conn.execute(sa.text(f"DELETE FROM {MEMBERSHIPS_TABLE}"))
     memberships = "graph_users" if order[revision] >= order[checksums.GRAPH_OWNERSHIP] else "user_graphs"
     conn.execute(
         sa.text(
@@ -85,9 +105,57 @@ def record(conn: sa.Connection, revision: str) -> Snapshot:
             f"SELECT id, user_id, graph_id, role, is_selected FROM {memberships}"
         )
     )
-    loaded = load(conn)
-    assert loaded is not None
-    return loaded
+
+
+def refresh_before(conn: sa.Connection, revision: str) -> list[str]:
+    """Called first thing by ``revision``: re-check the entries of the tables it is the first to reshape (their data
+    is still as the previous revision left it); replace those that changed since they were recorded.  Returns the
+    names replaced."""
+    if not exists(conn):
+        return []
+    names = [name for name, first in checksums.TOUCHED_BY.items() if first == revision]
+    recorded = {
+        r.name: r
+        for r in conn.execute(
+            sa.text(f"SELECT name, row_count, checksum FROM {TABLE} WHERE name = ANY(:names)"), {"names": names}
+        )
+    }
+    if not recorded:
+        return []
+    previous = checksums.chain()[checksums.revision_order()[revision] - 1]
+    current = checksums.compute(conn, previous, list(recorded))
+    changed = [n for n in recorded if (int(recorded[n].row_count), _checksum_text(recorded[n].checksum)) != current[n]]
+    for name in changed:
+        count, checksum = current[name]
+        conn.execute(
+            sa.text(
+                f"UPDATE {TABLE} SET row_count = :count, checksum = :checksum, details = details || "
+                "jsonb_build_object('refreshed', jsonb_build_object('before_revision', CAST(:revision AS text), "
+                "'previous_row_count', CAST(:old_count AS bigint), 'previous_checksum', CAST(:old_checksum AS text), "
+                "'at', now())) WHERE name = :name"
+            ),
+            {
+                "count": count,
+                "checksum": checksum,
+                "revision": revision,
+                "old_count": int(recorded[name].row_count),
+                "old_checksum": _checksum_text(recorded[name].checksum),
+                "name": name,
+            },
+        )
+        log.warning(
+            "snapshot: %s changed since it was recorded (%d -> %d rows; data edited between upgrade runs?): "
+            "re-recorded before %s, verify will report it",
+            name,
+            recorded[name].row_count,
+            count,
+            revision,
+        )
+    if "graph_memberships" in changed:
+        _record_memberships(conn, previous)
+    if {"graph_credits", "graph_credit_transactions"} & set(changed):
+        _record_pools(conn, previous)
+    return changed
 
 
 def load(conn: sa.Connection) -> Snapshot | None:

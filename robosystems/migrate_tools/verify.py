@@ -218,6 +218,26 @@ def _compare_snapshot(checks: _Checks, taken: snapshot.Snapshot, revision: str) 
                 "legitimate (verify is meant to run before the application starts again)",
             )
         )
+    refreshed = {
+        name: details["refreshed"]
+        for name, details in taken.details.items()
+        if isinstance(details, dict) and isinstance(details.get("refreshed"), dict)
+    }
+    if refreshed:
+        checks.report.findings.append(
+            Finding(
+                "snapshot_refreshed",
+                "warning",
+                "legacy tables that changed between upgrade runs (edited to clear a blocker?): their snapshot was "
+                "re-recorded right before the revision that reshapes them",
+                len(refreshed),
+                examples=[
+                    f"{name}: {info.get('previous_row_count')} -> "
+                    f"{taken.tables.get(name, (0, ''))[0]} rows, before {info.get('before_revision')}"
+                    for name, info in sorted(refreshed.items())
+                ],
+            )
+        )
     checks.report.findings.append(
         Finding(
             "snapshot_tables",

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from robosystems.auth.deps import Principal
 from robosystems.errors import AppError, Conflict, Forbidden, NotFound, Unprocessable
 from robosystems.ids import new_id
-from robosystems.models import Org, OrgLimits, OrgUser, User
+from robosystems.models import LIVE_SUBSCRIPTION_STATUSES, Org, OrgLimits, OrgUser, User
 from robosystems.orgs.access import OrgAccess, authorize
 from robosystems.orgs.audit import OrgEvent, record_org_event
 from robosystems.orgs.policy import Action, Role, role_at_least
@@ -31,7 +31,8 @@ log = logging.getLogger("robosystems.orgs")
 #: The graphs table belongs to the graphs feature; only its org columns are needed here.
 GRAPHS = table("graphs", column("graph_id"), column("org_id"), column("is_subgraph"))
 
-BLOCKING_SUBSCRIPTION_STATUSES = ("active", "pending", "pending_payment", "provisioning", "past_due")
+#: Subscription states that block deleting the org: awaiting payment, or holding a resource.
+BLOCKING_SUBSCRIPTION_STATUSES = ("pending_payment", *LIVE_SUBSCRIPTION_STATUSES)
 
 
 class OrgLimitReached(AppError):
@@ -272,8 +273,8 @@ async def _has_column(session: AsyncSession, table_name: str, column_name: str) 
 async def blocking_subscriptions(session: AsyncSession, org_id: str) -> list[str]:
     """Reasons the org can't be deleted: its subscriptions in a live state.
 
-    Returns ``[]`` while ``billing_subscriptions`` has no ``org_id`` column yet (the legacy
-    schema keys it by user; the billing migration moves it to orgs)."""
+    Returns ``[]`` while ``billing_subscriptions`` has no ``org_id`` column (a database below the
+    org billing revision: the legacy schema keys subscriptions by user)."""
     if not await _has_column(session, "billing_subscriptions", "org_id"):
         return []
     rows = (

@@ -194,20 +194,6 @@ async def receive(engine: AsyncEngine, body: bytes, event: ParsedEvent) -> Recei
     return Received(event.id, duplicate=False)
 
 
-async def store_event(session: AsyncSession, body: bytes, event: ParsedEvent) -> Received:
-    """:func:`receive` inside the caller's unit of work (the relay is woken after that commits)."""
-    try:
-        inserted = (await session.execute(_INSERT_SQL, _insert_params(body, event))).scalar_one_or_none()
-    except (DataError, IntegrityError) as exc:
-        raise InvalidPayload() from exc
-    except DBAPIError as exc:
-        raise ServiceUnavailable("Database unavailable; retry later", code="database_unavailable") from exc
-    if inserted is None:
-        return Received(event.id, duplicate=True)
-    after_commit(session, outbox.notify)
-    return Received(event.id, duplicate=False)
-
-
 # --- apply (worker) ----------------------------------------------------------------------------------------------
 
 

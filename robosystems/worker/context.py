@@ -45,8 +45,9 @@ def get_context() -> WorkerContext:
     return ctx
 
 
-def reset() -> None:
-    """Forget the context (the engine is disposed by whoever created it)."""
+def reset(expected: WorkerContext | None = None) -> None:
+    """Forget the context (only if it still is ``expected`` when given); the engine is disposed by its creator."""
     global _context
     with _lock:
-        _context = None
+        if expected is None or _context is expected:
+            _context = None

@@ -83,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--port", type=int, default=0, help="port for robosystems (default: a free one)")
     p.add_argument("--baseline-port", type=int, default=0, help="port for the baseline app (default: a free one)")
+    p.add_argument(
+        "--embedded-worker", action="store_true", help="run ours with the in-process worker (the no-servers default)"
+    )
     p.add_argument("--python-load", action="store_true", help="use the asyncio+httpx generator instead of wrk")
     p.add_argument("--no-install", action="store_true", help="don't apt-get install wrk when missing")
     p.add_argument(
@@ -127,7 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         url = stack.enter_context(scratch_database(args.admin_url or admin_url_from_env()))
         pool = Settings()  # DB_POOL_SIZE / DB_MAX_OVERFLOW from the environment apply to both servers
         warn_if_few_connections(url, 2 * (pool.db_pool_size + pool.db_max_overflow) + 2)
-        ours = stack.enter_context(robosystems_server(url, port=args.port or None))
+        # The API process as deployed with a separate worker (docker-compose: api + worker): the
+        # in-process worker is off unless --embedded-worker asks for the all-in-one default.
+        ours = stack.enter_context(
+            robosystems_server(
+                url,
+                port=args.port or None,
+                extra_env={"EMBEDDED_WORKER": "true" if args.embedded_worker else "false"},
+            )
+        )
         base = stack.enter_context(baseline_server(url, args.baseline_port or free_port()))
 
         registered = register_user(ours.base_url)

@@ -18,6 +18,10 @@ from robosystems.worker import cli as worker_cli
 app = typer.Typer(help="RoboSystems: org-centric identity and billing service.", no_args_is_help=True)
 migrate_app = typer.Typer(help="Database migrations (Alembic).", no_args_is_help=True)
 app.add_typer(migrate_app, name="migrate")
+
+from robosystems.admin_cli import admin_app  # noqa: E402 - sub-app defined in its own module
+
+app.add_typer(admin_app, name="admin")
 migrate_tools_cli.register(migrate_app)  # `migrate preflight | verify | snapshot`
 app.add_typer(webhooks_cli.app, name="webhooks")
 worker_cli.register(app)  # `robosystems worker` / `robosystems beat`

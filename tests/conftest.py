@@ -119,7 +119,8 @@ def base_settings(database_url: str, **overrides: Any) -> Settings:
         "rate_limit_register_per_ip": "10000/hour",
         "rate_limit_forgot_password_per_email": "1000/hour",
         "db_pool_size": 5,
-        "db_max_overflow": 25,  # concurrency tests open ~20 at once; idle ones close, so the shared server isn't exhausted
+        # concurrency tests open ~20 connections at once; overflow ones close when idle
+        "db_max_overflow": 25,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

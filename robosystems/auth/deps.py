@@ -18,10 +18,10 @@ from starlette.requests import Request
 
 from robosystems.audit.service import record_security_event_now
 from robosystems.auth import api_keys
+from robosystems.auth.sessions import OrgMembershipRow
 from robosystems.auth.tokens import ExpiredToken, InvalidToken, TokenClaims
 from robosystems.db import get_session
 from robosystems.errors import Unauthorized
-from robosystems.auth.sessions import OrgMembershipRow
 from robosystems.models import AuthSession, Org, OrgUser, User
 from robosystems.services import AppServices, get_services
 
@@ -79,9 +79,7 @@ def bearer_token(request: Request) -> str | None:
     return value.strip()
 
 
-async def _principal_from_token(
-    token: str, session: AsyncSession, services: AppServices, request: Request
-) -> Principal:
+async def _principal_from_token(token: str, services: AppServices, request: Request) -> Principal:
     try:
         claims = services.tokens.decode(token)
     except ExpiredToken as exc:
@@ -94,18 +92,22 @@ async def _principal_from_token(
             details={"path": request.url.path},
         )
         raise Unauthorized("Invalid token", code="invalid_token") from exc
-    conn = await session.connection()
-    row = (
-        await conn.execute(
-            _PRINCIPAL_BY_SESSION,
-            {
-                "session_id": claims.session_id,
-                "user_id": claims.user_id,
-                "org_id": claims.org_id,
-                "now": datetime.now(UTC),
-            },
-        )
-    ).one_or_none()
+    # One read needs no transaction: an autocommit connection saves the BEGIN and COMMIT round
+    # trips, and it goes back to the pool before the handler runs.  The request's own session
+    # (if the handler uses one) starts its transaction after this, on its own checkout.
+    async with services.engine.connect() as raw:
+        conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
+        row = (
+            await conn.execute(
+                _PRINCIPAL_BY_SESSION,
+                {
+                    "session_id": claims.session_id,
+                    "user_id": claims.user_id,
+                    "org_id": claims.org_id,
+                    "now": datetime.now(UTC),
+                },
+            )
+        ).one_or_none()
     if row is None or row.revoked_at is not None:
         await record_security_event_now(
             services.sessionmaker,
@@ -141,7 +143,7 @@ async def optional_principal(
 ) -> Principal | None:
     token = bearer_token(request)
     if token:
-        return await _principal_from_token(token, session, services, request)
+        return await _principal_from_token(token, services, request)
     key = request.headers.get("x-api-key")
     if key:
         found = await api_keys.authenticate(session, services, key.strip())

@@ -50,12 +50,12 @@ from robosystems.billing.schemas import CheckoutResponse, CheckoutStatusResponse
 from robosystems.config import Settings
 from robosystems.errors import Conflict, Forbidden, NotFound, Unprocessable
 from robosystems.models import Graph
-from robosystems.models.billing import BillingSubscription
+from robosystems.models.billing import BillingCustomer, BillingSubscription
 from robosystems.orgs.access import authorize
 from robosystems.orgs.policy import Action
 from robosystems.orgs.service import lock_and_authorize
 from robosystems.orgs.usage import org_limits
-from robosystems.payments.base import CheckoutRequest, PaymentProvider
+from robosystems.payments.base import CheckoutRequest, CollectionMethod, PaymentProvider
 from robosystems.worker.outbox import enqueue_async
 
 log = logging.getLogger("robosystems.billing.checkout")
@@ -68,6 +68,8 @@ EXPIRY_GRACE = timedelta(minutes=5)
 #: legacy pending rows carry no session expiry: Stripe sessions live 24 h at most
 LEGACY_PENDING_MAX_AGE = timedelta(hours=24)
 SWEEP_BATCH = 500
+#: ``subscription_metadata`` key of a subscription created at the provider without checkout (its collection method)
+COLLECTION_KEY = "collection_method"
 PUBLIC_SUBSCRIPTION_ERRORS = {
     "failed": "Provisioning failed; the payment will be refunded or credited.",
     "expired": "The checkout session expired before payment.",
@@ -125,7 +127,8 @@ def _response(sub: BillingSubscription) -> CheckoutResponse:
         checkout_url=meta.get("checkout_url"),
         session_id=sub.provider_checkout_session_id,
         subscription_id=sub.id,
-        requires_checkout=not billing_disabled,
+        # billed without a checkout page: the method on file, or an invoice (see :func:`_subscribe_off_session`)
+        requires_checkout=not billing_disabled and COLLECTION_KEY not in meta,
         billing_disabled=billing_disabled,
         status=sub.status,
         expires_at=_iso(sub.checkout_expires_at),
@@ -179,7 +182,12 @@ async def create_checkout(
     principal: Principal,
     body: CreateCheckoutRequest,
     idempotency_key: str | None,
+    *,
+    allow_off_session: bool = False,
 ) -> CheckoutResponse:
+    """``allow_off_session`` (``POST /v1/graphs``): an org whose billing customer has a payment method on file or
+    invoice billing gets the subscription created at the provider without a checkout page
+    (:func:`_subscribe_off_session`); ``requires_checkout`` is false in the answer."""
     key = validate_idempotency_key(idempotency_key)
     target = await _target_org(session, principal, body.org_id)
     access = await authorize(session, principal, target, Action.MANAGE_BILLING)
@@ -247,6 +255,9 @@ async def create_checkout(
     customer = await get_or_create_customer_async(
         session, provider.name, access.org_id, create_remote, billing_email=principal.email, actor=actor
     )
+    if allow_off_session and (customer.invoice_billing_enabled or customer.has_payment_method):
+        await _subscribe_off_session(session, settings, provider, sub, customer, plan, key)
+        return _response(sub)
     success_url, cancel_url = return_urls(settings)
     expires_at = (_now() + timedelta(minutes=settings.checkout_ttl_minutes)).replace(microsecond=0)
     provider_key = (
@@ -277,6 +288,55 @@ async def create_checkout(
     sub.subscription_metadata = {**(sub.subscription_metadata or {}), "checkout_url": checkout.url}
     await session.flush()
     return _response(sub)
+
+
+def _days_until_due(payment_terms: str | None) -> int:
+    if payment_terms == "due_on_receipt":
+        return 0
+    match = re.fullmatch(r"net_(\d{1,3})", payment_terms or "")
+    return int(match.group(1)) if match else 30
+
+
+async def _subscribe_off_session(
+    session: AsyncSession,
+    settings: Settings,
+    provider: PaymentProvider,
+    sub: BillingSubscription,
+    customer: BillingCustomer,
+    plan: GraphPlan,
+    key: str | None,
+) -> None:
+    """The pending subscription is created at the provider, billed to the org's customer: an invoice when invoice
+    billing is enabled (``send_invoice``, due after the payment terms), else the default payment method
+    (``charge_automatically``).  It stays ``pending_payment`` until ``invoice.paid`` arrives (webhook), then
+    provisions.  The provider call is keyed like the checkout's, so a retry gets the same provider subscription."""
+    assert customer.stripe_customer_id is not None
+    collection: CollectionMethod = "send_invoice" if customer.invoice_billing_enabled else "charge_automatically"
+    provider_key = (
+        f"subscription:{sub.org_id}:{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+        if key
+        else f"subscription:{sub.id}"
+    )
+    catalog = get_catalog(settings.billing_plans_file)
+    customer_id = customer.stripe_customer_id
+    remote = await run_in_threadpool(
+        lambda: provider.create_subscription(
+            customer_id=customer_id,
+            plan_name=plan.name,
+            amount_cents=plan.price_cents,
+            currency=catalog.currency,
+            interval="month" if plan.billing_interval == "monthly" else "year",
+            price_id=plan.provider_price_ids.get("stripe") if provider.name == "stripe" else None,
+            metadata={"subscription_id": sub.id, "org_id": sub.org_id},
+            collection_method=collection,
+            days_until_due=_days_until_due(customer.payment_terms) if collection == "send_invoice" else None,
+            idempotency_key=provider_key,
+        )
+    )
+    sub.provider_subscription_id = remote.id
+    sub.provider_customer_id = customer_id
+    sub.subscription_metadata = {**(sub.subscription_metadata or {}), COLLECTION_KEY: collection}
+    await session.flush()
 
 
 # --- status ------------------------------------------------------------------------------------------------------
@@ -341,6 +401,9 @@ def expire_abandoned_checkouts(session: Session, *, org_id: str | None = None, n
                 and_(
                     BillingSubscription.checkout_expires_at.is_(None),
                     BillingSubscription.created_at < cutoff - LEGACY_PENDING_MAX_AGE,
+                    # an invoice awaiting payment (net terms) is not an abandoned checkout; an unpaid charge of
+                    # a method on file is (Stripe expires such an incomplete subscription within a day, too)
+                    BillingSubscription.subscription_metadata[COLLECTION_KEY].astext.is_distinct_from("send_invoice"),
                 ),
             ),
         )

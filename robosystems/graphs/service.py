@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
+import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.concurrency import run_in_threadpool
@@ -37,6 +39,7 @@ from robosystems.billing import checkout, credits
 from robosystems.billing.plans import GraphPlan, get_catalog
 from robosystems.billing.schemas import CreateCheckoutRequest
 from robosystems.config import Settings
+from robosystems.db import after_commit
 from robosystems.errors import AppError, BadRequest, Forbidden, NotFound, ServiceUnavailable, Unprocessable
 from robosystems.graphs import lifecycle
 from robosystems.graphs.access import GraphAccess, graph_access
@@ -84,6 +87,7 @@ from robosystems.observability import current_request_id
 from robosystems.orgs.access import authorize
 from robosystems.orgs.policy import Action
 from robosystems.payments.base import PaymentProvider
+from robosystems.payments.local import LocalPaymentProvider
 from robosystems.services import AppServices
 
 log = logging.getLogger("robosystems.graphs")
@@ -155,6 +159,9 @@ async def load_graph(session: AsyncSession, settings: Settings, principal: Princ
 # --- create ----------------------------------------------------------------------------------------------------
 
 
+LOCAL_WEBHOOK_PATH = "/admin/v1/webhooks/stripe"
+
+
 def _default_plan(settings: Settings) -> str:
     plans = [p for p in get_catalog(settings.billing_plans_file).graph_plans if p.enabled]
     return plans[0].name
@@ -171,29 +178,28 @@ async def create_graph(
     """A graph for the org (admin+): a subscription on the requested plan, then
 
     * billing disabled -> provisioning starts at once (202);
+    * a payment method on file or invoice billing -> the subscription is created at the provider (charged to
+      the method, or invoiced); provisioning starts when ``invoice.paid`` confirms the payment (202);
     * otherwise payment comes first: 402 ``payment_required`` with the hosted checkout URL (the pending
-      subscription and the checkout session are kept, so paying there provisions this graph).
-
-    A saved payment method or invoice billing can't be charged without the customer yet: the payment provider
-    interface has no off-session subscription call, so those orgs get the checkout URL too (see the report)."""
+      subscription and the checkout session are kept, so paying there provisions this graph)."""
     request = CreateCheckoutRequest(
         plan_name=body.instance_tier or _default_plan(settings),
         resource_type="graph",
         resource_config=body.resource_config(),
         org_id=body.org_id,
     )
-    result = await checkout.create_checkout(session, settings, provider, principal, request, idempotency_key)
+    result = await checkout.create_checkout(
+        session, settings, provider, principal, request, idempotency_key, allow_off_session=True
+    )
     assert result.subscription_id is not None
     status_url = f"/v1/operations/{result.subscription_id}/status"
-    if result.billing_disabled:
-        return 202, CreateGraphAccepted(
-            operation_id=result.subscription_id,
-            subscription_id=result.subscription_id,
-            status_url=status_url,
-            status=result.status or "provisioning",
-        )
-    if result.status not in (None, "pending_payment"):  # an idempotent repeat of a paid request
-        graph_id = await _provisioned_graph(session, result.subscription_id)
+    if not result.requires_checkout and not result.billing_disabled:
+        await _deliver_local_events(session, settings, provider, result.subscription_id)
+    # billing disabled, billed without checkout, or an idempotent repeat of a paid request
+    if result.billing_disabled or not result.requires_checkout or result.status not in (None, "pending_payment"):
+        graph_id = None
+        if result.status not in (None, "pending_payment", "provisioning"):
+            graph_id = await _provisioned_graph(session, result.subscription_id)
         return 202, CreateGraphAccepted(
             operation_id=result.subscription_id,
             subscription_id=result.subscription_id,
@@ -209,6 +215,43 @@ async def create_graph(
         subscription_id=result.subscription_id,
         request_id=current_request_id(),
     )
+
+
+_delivery_tasks: set[asyncio.Task[bool]] = set()
+
+
+async def _deliver_local_events(
+    session: AsyncSession, settings: Settings, provider: PaymentProvider, subscription_id: str
+) -> None:
+    """The local provider sends the webhooks Stripe would send about a subscription created without checkout, once
+    our transaction has committed (before that, the events could not be matched to the subscription).  Delivered
+    over HTTP to ``LOCAL_PAYMENTS_WEBHOOK_URL`` (default: this server's own webhook endpoint); undelivered events
+    are sent again by the next delivery (a replay of the request) -- the inbox keeps one copy of each."""
+    if not isinstance(provider, LocalPaymentProvider):
+        return
+    provider_sub = (
+        await session.execute(
+            text("SELECT provider_subscription_id FROM billing_subscriptions WHERE id = :id"), {"id": subscription_id}
+        )
+    ).scalar_one_or_none()
+    if not provider_sub:
+        return
+    url = settings.local_payments_webhook_url or f"{settings.base_url}{LOCAL_WEBHOOK_PATH}"
+
+    async def send(body: bytes, headers: dict[str, str]) -> int:
+        async with httpx.AsyncClient(timeout=30.0) as client:
+            return (await client.post(url, content=body, headers=headers)).status_code
+
+    def schedule() -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(provider.deliver_subscription(str(provider_sub), send))
+        _delivery_tasks.add(task)
+        task.add_done_callback(_delivery_tasks.discard)
+
+    after_commit(session, schedule)
 
 
 async def _provisioned_graph(session: AsyncSession, subscription_id: str) -> str | None:

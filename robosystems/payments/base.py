@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from robosystems.errors import AppError
+
+CollectionMethod = Literal["charge_automatically", "send_invoice"]
 
 
 class ProviderError(AppError):
@@ -140,4 +142,23 @@ class PaymentProvider(Protocol):
 
     def retrieve_subscription(self, subscription_id: str) -> ProviderSubscription:
         """Current state at the provider (reconciliation)."""
+        ...
+
+    def create_subscription(
+        self,
+        *,
+        customer_id: str,
+        plan_name: str,
+        amount_cents: int,
+        currency: str,
+        interval: str,
+        price_id: str | None,
+        metadata: dict[str, str],
+        collection_method: CollectionMethod,
+        days_until_due: int | None,
+        idempotency_key: str,
+    ) -> ProviderSubscription:
+        """A subscription without a checkout page: charged to the customer's default payment method
+        (``charge_automatically``) or invoiced (``send_invoice``, due after ``days_until_due`` days).
+        The provider confirms the payment by ``invoice.paid``."""
         ...

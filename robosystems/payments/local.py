@@ -42,6 +42,7 @@ import stripe
 from robosystems.payments.base import (
     CheckoutRequest,
     CheckoutSession,
+    CollectionMethod,
     InvalidPaymentMethod,
     PaymentDeclined,
     PaymentMethodInfo,
@@ -366,6 +367,111 @@ class LocalPaymentProvider:
     def retrieve_subscription(self, subscription_id: str) -> ProviderSubscription:
         return self._subscription_value(self.store.get("subscriptions", subscription_id)["object"])
 
+    def create_subscription(
+        self,
+        *,
+        customer_id: str,
+        plan_name: str,
+        amount_cents: int,
+        currency: str,
+        interval: str,
+        price_id: str | None,
+        metadata: dict[str, str],
+        collection_method: CollectionMethod,
+        days_until_due: int | None,
+        idempotency_key: str,
+    ) -> ProviderSubscription:
+        """A subscription without checkout.  ``charge_automatically`` charges the customer's default payment
+        method at once (``customer.subscription.created``, ``invoice.finalized``, ``invoice.paid``);
+        ``send_invoice`` leaves the first invoice open (``customer.subscription.created``,
+        ``invoice.finalized``) until :meth:`pay_invoice`.  The events are kept on the subscription and sent by
+        :meth:`deliver_subscription`.  Same idempotency key -> the same subscription, no new events."""
+        ref = f"direct:{idempotency_key}"
+        sub_id = self._id("sub", f"subscription:{ref}")
+        if self.store.exists("subscriptions", sub_id):
+            return self._subscription_value(self.store.get("subscriptions", sub_id)["object"])
+        customer = self.store.get("customers", customer_id)["object"]
+        pm_id = customer["invoice_settings"].get("default_payment_method")
+        if collection_method == "charge_automatically" and not pm_id:
+            raise InvalidPaymentMethod()
+        meta = {"plan_name": plan_name, **metadata}
+        # the shapes are the ones a paid checkout produces, built from a stand-in "session"
+        record = {
+            "object": {"id": ref, "currency": currency, "amount_total": amount_cents, "metadata": meta},
+            "local": {
+                "plan_name": plan_name,
+                "description": f"{plan_name} subscription",
+                "interval": interval,
+                "price_id": price_id or f"price_local_{plan_name}",
+            },
+        }
+        now = _now()
+        subscription = self._subscription_object(record, customer_id, pm_id, now)
+        invoice = self._invoice_object(record, customer_id, subscription, now)
+        subscription["latest_invoice"] = invoice["id"]
+        subscription["collection_method"] = collection_method
+        invoice["collection_method"] = collection_method
+        open_invoice = {
+            **invoice,
+            "status": "open",
+            "amount_paid": 0,
+            "amount_remaining": invoice["amount_due"],
+            "status_transitions": {**invoice["status_transitions"], "paid_at": None},
+        }
+        if collection_method == "send_invoice":
+            subscription["days_until_due"] = days_until_due
+            subscription["default_payment_method"] = None
+            open_invoice["due_date"] = now + 86400 * (days_until_due or 30)
+            invoice = open_invoice
+        with self.store.locked("subscriptions", sub_id):
+            if self.store.exists("subscriptions", sub_id):  # a concurrent call with the same key won
+                return self._subscription_value(self.store.get("subscriptions", sub_id)["object"])
+            events = [
+                self._event("customer.subscription.created", subscription, now),
+                self._event("invoice.finalized", open_invoice, now),
+            ]
+            if collection_method == "charge_automatically":
+                events.append(self._event("invoice.paid", invoice, now))
+            self.store.create_once("invoices", invoice["id"], {"object": invoice, "local": {}})
+            self.store.create_once(
+                "subscriptions", sub_id, {"object": subscription, "local": {"events": [e["id"] for e in events]}}
+            )
+        return self._subscription_value(subscription)
+
+    def pay_invoice(self, invoice_id: str) -> dict[str, Any]:
+        """The customer pays an open (``send_invoice``) invoice: ``invoice.paid`` is recorded on its subscription
+        (sent by :meth:`deliver_subscription`).  Paying a paid invoice changes nothing."""
+        with self.store.locked("invoices", invoice_id):
+            record = self.store.get("invoices", invoice_id)
+            invoice = record["object"]
+            if invoice["status"] != "open":
+                return dict(invoice)
+            now = _now()
+            invoice.update(
+                status="paid",
+                amount_paid=invoice["amount_due"],
+                amount_remaining=0,
+                status_transitions={**invoice["status_transitions"], "paid_at": now},
+            )
+            self.store.put("invoices", invoice_id, record)
+            event = self._event("invoice.paid", invoice, now)
+        sub_id = invoice["parent"]["subscription_details"]["subscription"]
+        with self.store.locked("subscriptions", sub_id):
+            sub_record = self.store.get("subscriptions", sub_id)
+            local = sub_record.setdefault("local", {})
+            local["events"] = list(local.get("events", [])) + [event["id"]]
+            self.store.put("subscriptions", sub_id, sub_record)
+        return dict(invoice)
+
+    def subscription_events(self, subscription_id: str) -> list[dict[str, Any]]:
+        record = self.store.get("subscriptions", subscription_id)
+        return [self.store.get("events", e)["object"] for e in record.get("local", {}).get("events", [])]
+
+    async def deliver_subscription(self, subscription_id: str, send: WebhookSender) -> bool:
+        """POST the undelivered events of a subscription created by :meth:`create_subscription`, in order."""
+        record = self.store.get("subscriptions", subscription_id)
+        return await self._deliver_ids(list(record.get("local", {}).get("events", [])), send)
+
     # --- the hosted page -----------------------------------------------------------------------
 
     def view(self, session_id: str) -> CheckoutView:
@@ -488,9 +594,11 @@ class LocalPaymentProvider:
 
     def undelivered_events(self, session_id: str) -> list[dict[str, Any]]:
         """Events of this session not yet accepted by the webhook endpoint, oldest first."""
-        record = self.store.get("checkout_sessions", session_id)
+        return self._undelivered(self.store.get("checkout_sessions", session_id)["local"]["events"])
+
+    def _undelivered(self, event_ids: list[str]) -> list[dict[str, Any]]:
         out = []
-        for event_id in record["local"]["events"]:
+        for event_id in event_ids:
             stored = self.store.get("events", event_id)
             if not stored["local"]["delivered"]:
                 out.append(stored["object"])
@@ -507,7 +615,10 @@ class LocalPaymentProvider:
     async def deliver(self, session_id: str, send: WebhookSender) -> bool:
         """POST this session's undelivered events, in order, each signed; stops at the first
         refusal (it is retried at the next page view).  True when everything is delivered."""
-        for event in self.undelivered_events(session_id):
+        return await self._deliver_ids(self.store.get("checkout_sessions", session_id)["local"]["events"], send)
+
+    async def _deliver_ids(self, event_ids: list[str], send: WebhookSender) -> bool:
+        for event in self._undelivered(event_ids):
             body, headers = self.signed(event)
             try:
                 status = await send(body, headers)
@@ -517,7 +628,8 @@ class LocalPaymentProvider:
                 stored = self.store.get("events", event["id"])
                 stored["local"]["attempts"] += 1
                 stored["local"]["last_status"] = status
-                stored["local"]["delivered"] = 200 <= status < 300
+                # never back to undelivered (two deliveries may race; the inbox keeps one copy)
+                stored["local"]["delivered"] = bool(stored["local"].get("delivered")) or 200 <= status < 300
                 self.store.put("events", event["id"], stored)
             if not 200 <= status < 300:
                 return False
@@ -694,4 +806,3 @@ class LocalPaymentProvider:
             canceled_at=_dt(sub.get("canceled_at")),
             raw=sub,
         )
-

@@ -20,6 +20,7 @@ import stripe
 from robosystems.payments.base import (
     CheckoutRequest,
     CheckoutSession,
+    CollectionMethod,
     InvalidPaymentMethod,
     PaymentDeclined,
     PaymentMethodInfo,
@@ -259,6 +260,79 @@ class StripeProvider:
                 if payment_intent or charge:
                     break
         return payment_intent, charge
+
+    def _product_for_plan(self, plan_name: str) -> str:
+        """One product per plan, with an id of ours: looked up, created once (``product:<plan>``) if missing."""
+        product_id = f"robosystems_plan_{plan_name}".replace("-", "_")
+        try:
+            self._call("retrieve_product", lambda: self.client.v1.products.retrieve(product_id))
+            return product_id
+        except ProviderObjectMissing:
+            pass
+        params: dict[str, Any] = {
+            "id": product_id,
+            "name": f"RoboSystems {plan_name}",
+            "metadata": {"plan_name": plan_name},
+        }
+        try:
+            self._call(
+                "create_product",
+                lambda: self.client.v1.products.create(
+                    params,  # type: ignore[arg-type]
+                    {"idempotency_key": f"product:{plan_name}"},
+                ),
+            )
+        except ProviderError:
+            # created meanwhile under another idempotency key (keys expire after 24 h): it exists now
+            self._call("retrieve_product", lambda: self.client.v1.products.retrieve(product_id))
+        return product_id
+
+    def create_subscription(
+        self,
+        *,
+        customer_id: str,
+        plan_name: str,
+        amount_cents: int,
+        currency: str,
+        interval: str,
+        price_id: str | None,
+        metadata: dict[str, str],
+        collection_method: CollectionMethod,
+        days_until_due: int | None,
+        idempotency_key: str,
+    ) -> ProviderSubscription:
+        meta = {"plan_name": plan_name, **metadata}
+        if price_id:
+            item: dict[str, Any] = {"price": price_id, "quantity": 1}
+        else:
+            item = {
+                "quantity": 1,
+                "price_data": {
+                    "currency": currency,
+                    "unit_amount": amount_cents,
+                    "recurring": {"interval": interval},
+                    "product": self._product_for_plan(plan_name),
+                },
+            }
+        params: dict[str, Any] = {
+            "customer": customer_id,
+            "items": [item],
+            "metadata": meta,
+            "collection_method": collection_method,
+        }
+        if collection_method == "send_invoice":
+            params["days_until_due"] = days_until_due if days_until_due is not None else 30
+        else:
+            # the first invoice is paid off-session with the default method; a failed charge -> incomplete
+            params["payment_behavior"] = "allow_incomplete"
+        sub = self._call(
+            "create_subscription",
+            lambda: self.client.v1.subscriptions.create(
+                params,  # type: ignore[arg-type]
+                {"idempotency_key": idempotency_key},
+            ),
+        )
+        return self.subscription_value(_plain(sub))
 
     def retrieve_subscription(self, subscription_id: str) -> ProviderSubscription:
         sub = self._call("retrieve_subscription", lambda: self.client.v1.subscriptions.retrieve(subscription_id))

@@ -295,6 +295,20 @@ def _checkout_subscription(session: Session, ev: Any) -> tuple[BillingSubscripti
     return sub, cs
 
 
+def start_provisioning(session: Session, sub: BillingSubscription, ev: Any, data: dict[str, Any]) -> None:
+    """Payment confirmed for a ``pending_payment`` subscription (locked by the caller): -> provisioning, and the
+    provisioning task enqueued through the outbox in the same transaction (so exactly once per transition)."""
+    subs.apply_transition(
+        session,
+        sub.id,
+        "provisioning",
+        actor=SYSTEM,
+        reason=f"payment confirmed (stripe {ev.type})",
+        data={"event_id": ev.id, **data},
+    )
+    outbox.enqueue(session, PROVISION_GRAPH_TASK, [sub.id])
+
+
 def checkout_completed(session: Session, ctx: WorkerContext, ev: Any) -> Outcome:
     """``checkout.session.completed`` / ``async_payment_succeeded``: paid -> provisioning + provisioning task."""
     if ev.object.get("mode") not in (None, "subscription"):
@@ -306,15 +320,7 @@ def checkout_completed(session: Session, ctx: WorkerContext, ev: Any) -> Outcome
     if ev.type == "checkout.session.completed" and payment_status not in PAID_CHECKOUT:
         return processed(f"awaiting_payment_{payment_status or 'unknown'}")
     if sub.status == "pending_payment":
-        subs.apply_transition(
-            session,
-            sub.id,
-            "provisioning",
-            actor=SYSTEM,
-            reason=f"payment confirmed (stripe {ev.type})",
-            data={"event_id": ev.id, "checkout_session_id": cs.get("id")},
-        )
-        outbox.enqueue(session, PROVISION_GRAPH_TASK, [sub.id])
+        start_provisioning(session, sub, ev, {"checkout_session_id": cs.get("id")})
         return processed("provisioning_requested")
     if sub.status in ("canceled", "expired", "refunded"):
         record_billing_event(
@@ -418,6 +424,10 @@ def invoice_changed(session: Session, ctx: WorkerContext, ev: Any) -> Outcome:
         return processed("invoice_without_subscription")
     stale = subs.is_stale(sub, ev.created)
     if ev.type in ("invoice.paid", "invoice.payment_succeeded") and local.status == "paid":
+        if sub.status == "pending_payment" and sub.provider_checkout_session_id is None:
+            # billed without checkout (method on file / invoice): this payment is the confirmation
+            start_provisioning(session, sub, ev, {"invoice_id": local.id})
+            notes.append("provisioning_requested")
         notes.append(grant_invoice_credits(session, ctx, sub, local))
         if sub.status in ("past_due", "unpaid") and not stale:
             notes.append(apply_status(session, sub, "active", ev, settings_backoff=0) or "reactivated")

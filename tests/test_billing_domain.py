@@ -35,7 +35,7 @@ from robosystems.errors import AppError, Conflict, NotFound, Unprocessable
 from robosystems.ids import new_id
 
 T = TypeVar("T")
-FIXTURES = Path("/work/shared/stripe/fixtures.json")
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "stripe" / "fixtures.json"  # copy of shared/stripe
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -25,3 +25,9 @@ def test_readme_opens_with_the_two_commands() -> None:
     head = (ROOT / "README.md").read_text().splitlines()[:6]
     assert any(line.startswith("python3 run.py serve") for line in head)
     assert any(line.startswith("python3 run.py test") for line in head)
+
+
+def test_readme_shows_the_policy_table_of_the_code() -> None:
+    from robosystems.orgs.policy import policy_table_markdown
+
+    assert policy_table_markdown() in (ROOT / "README.md").read_text()

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from alembic import op
+from alembic import context, op
 
 revision: str = "a8b9c0d1e2f3"
 down_revision: str | None = "f7a8b9c0d1e2"
@@ -78,7 +78,28 @@ def upgrade() -> None:
     op.create_index("ix_graph_selections_graph_id", "graph_selections", ["graph_id"])
 
 
+def _refuse_lossy_downgrade() -> None:
+    """Graph selections and compensation records have no place in the older shape."""
+    conn = op.get_bind()
+    checks = {
+        "graph selections": "SELECT count(*) FROM graph_selections",
+        "compensation records (refunds/credits after failed provisioning)": (
+            "SELECT count(*) FROM billing_subscriptions WHERE compensation_status IS NOT NULL"
+        ),
+    }
+    lost = {what: conn.execute(sa.text(sql)).scalar_one() for what, sql in checks.items()}
+    lost = {what: n for what, n in lost.items() if n}
+    allow = str(context.get_x_argument(as_dictionary=True).get("allow_data_loss", "")).lower() in ("1", "true", "yes")
+    if lost and not allow:
+        listing = ", ".join(f"{n} {what}" for what, n in lost.items())
+        raise RuntimeError(
+            f"refusing to downgrade below a8b9c0d1e2f3: it would lose {listing}. Back up first, then rerun with "
+            "`-x allow_data_loss=true` (CLI: --allow-data-loss) to accept the loss."
+        )
+
+
 def downgrade() -> None:
+    _refuse_lossy_downgrade()
     op.drop_index("ix_graph_selections_graph_id", table_name="graph_selections")
     op.drop_table("graph_selections")
     op.drop_index("ix_billing_subscriptions_compensation_pending", table_name="billing_subscriptions")

@@ -127,7 +127,7 @@ class RequestContextMiddleware:
                 await _send_error(rid, tracking_send, 413, "Request body too large", "payload_too_large")
             else:
                 await self.app(scope, _limited_receive(receive, self.max_body_bytes, scope), tracking_send)
-        except Exception:
+        except Exception:  # noqa: BLE001 - last resort: logged with its traceback, answered as a fixed 500
             logging.getLogger("robosystems.errors").exception("unhandled error")
             if started[0]:
                 raise

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Path
+from fastapi import Path
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -90,8 +90,3 @@ def require(action: Action) -> Callable[..., Awaitable[OrgAccess]]:
         return await authorize(session, principal, org_id, action)
 
     return dependency
-
-
-def OrgFor(action: Action) -> type[OrgAccess]:  # noqa: N802 - reads like a type in signatures
-    """``access: OrgFor(Action.VIEW_ORG)`` in a route signature."""
-    return Annotated[OrgAccess, Depends(require(action))]  # type: ignore[return-value]

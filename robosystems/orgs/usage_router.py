@@ -1,4 +1,4 @@
-"""Org graphs, limits and usage: ``GET /v1/orgs/{org_id}/graphs|limits|usage`` (members; access as ``OrgFor``)."""
+"""Org graphs, limits and usage: ``GET /v1/orgs/{org_id}/graphs|limits|usage`` (members; via ``access.require``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from robosystems.orgs.policy import Action
 
 router = APIRouter(prefix="/v1/orgs", tags=["org_usage"])
 
-# ``OrgFor(action)`` spelled as module-level aliases so mypy accepts them.
+# ``Annotated[OrgAccess, Depends(require(action))]`` as module-level aliases (mypy needs literal aliases).
 ViewGraphsAccess = Annotated[OrgAccess, Depends(require(Action.VIEW_GRAPHS))]
 ViewLimitsAccess = Annotated[OrgAccess, Depends(require(Action.VIEW_LIMITS))]
 ViewUsageAccess = Annotated[OrgAccess, Depends(require(Action.VIEW_USAGE))]

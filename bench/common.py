@@ -216,7 +216,7 @@ class Server:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-        if self.log_path is not None:
+        if self.log_path is not None and not os.environ.get("BENCH_KEEP_LOGS"):
             if died_early or keep_log:
                 log(f"{self.name} log kept at {self.log_path}")
             else:

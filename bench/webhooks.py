@@ -254,6 +254,8 @@ def main() -> int:
     parser.add_argument("--subscriptions", type=int, default=100)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--redis", action="store_true", help="REDIS_URL broker + a separate `robosystems worker`")
+    parser.add_argument("--worker-pool", default="prefork", help="pool of the separate worker (prefork|threads|solo)")
+    parser.add_argument("--worker-concurrency", type=int, default=2, help="concurrency of the separate worker")
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/14")
     parser.add_argument("--apply-timeout", type=float, default=300.0)
     parser.add_argument("--goal-p99-ms", type=float, default=100.0)
@@ -289,9 +291,9 @@ def main() -> int:
                         str(VENV_BIN / "robosystems"),
                         "worker",
                         "--pool",
-                        "threads",
+                        args.worker_pool,
                         "--concurrency",
-                        "4",
+                        str(args.worker_concurrency),
                         "--loglevel",
                         "WARNING",
                     ],

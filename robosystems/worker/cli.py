@@ -18,7 +18,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def worker(
         concurrency: Annotated[int, typer.Option(help="Worker processes/threads")] = 2,
-        pool: Annotated[str, typer.Option(help="prefork | threads | solo")] = "prefork",
+        pool: Annotated[
+            str, typer.Option(help="prefork (recommended) | solo | threads (stalls under bursts with kombu 5.6)")
+        ] = "prefork",
         loglevel: Annotated[str, typer.Option(help="Log level")] = "INFO",
     ) -> None:
         """Run a Celery worker (needs CELERY_BROKER_URL or REDIS_URL)."""

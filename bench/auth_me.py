@@ -53,6 +53,7 @@ from common import (  # noqa: E402 - run as a script from any directory
     register_user,
     robosystems_server,
     run_load,
+    run_script,
     scratch_database,
     spread,
     summarise_py_spy,
@@ -247,10 +248,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - one readable line for a harness failure
-        print(f"bench error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

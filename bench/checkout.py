@@ -56,6 +56,7 @@ from common import (  # noqa: E402 - run as a script from any directory
     register_user,
     robosystems_server,
     run_load,
+    run_script,
     scratch_database,
     spread,
     summarise_py_spy,
@@ -76,13 +77,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per target before measuring")
     p.add_argument("--rounds", type=int, default=1, help="cycle through the targets this many times; median reported")
     p.add_argument("--goal", type=float, default=0.4, help="required ratio target/me for status and replay")
-    p.add_argument("--admin-url", default=None, help="PostgreSQL server for the scratch DB "
-                                                     "(default: BENCH_ADMIN_URL, DATABASE_URL or local postgres)")
+    p.add_argument(
+        "--admin-url",
+        default=None,
+        help="PostgreSQL server for the scratch DB (default: BENCH_ADMIN_URL, DATABASE_URL or local postgres)",
+    )
     p.add_argument("--port", type=int, default=0, help="port for robosystems (default: a free one)")
     p.add_argument("--python-load", action="store_true", help="use the asyncio+httpx generator instead of wrk")
     p.add_argument("--no-install", action="store_true", help="don't apt-get install wrk when missing")
-    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                   help="after measuring, profile each target with py-spy under the same load")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="after measuring, profile each target with py-spy under the same load",
+    )
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
     return p.parse_args(argv)
 
@@ -145,8 +154,18 @@ def main(argv: list[str] | None = None) -> int:
         def load(name: str, seconds: float) -> LoadResult:
             method, target_url, headers, body = targets[name]
             probe = CpuProbe({"app": lambda: [ours.pid], "db": lambda: db_backend_pids(url)})
-            return run_load(name, target_url, connections=args.connections, duration=seconds, threads=args.threads,
-                            headers=headers, method=method, body=body, wrk=wrk, cpu=probe)
+            return run_load(
+                name,
+                target_url,
+                connections=args.connections,
+                duration=seconds,
+                threads=args.threads,
+                headers=headers,
+                method=method,
+                body=body,
+                wrk=wrk,
+                cpu=probe,
+            )
 
         def measured(name: str, seconds: float) -> LoadResult:
             nonlocal created_total
@@ -185,13 +204,18 @@ def main(argv: list[str] | None = None) -> int:
 
     medians = {name: median_result(runs) for name, runs in results.items()}
     reference = medians["me"]
-    print_table(list(medians.values()), reference=reference,
-                title=f"checkout paths vs GET /v1/auth/me: {args.connections} connections, {args.duration:.0f}s, "
-                      f"{args.rounds} round(s), {reference.tool}, median round, local payment provider")
+    print_table(
+        list(medians.values()),
+        reference=reference,
+        title=f"checkout paths vs GET /v1/auth/me: {args.connections} connections, {args.duration:.0f}s, "
+        f"{args.rounds} round(s), {reference.tool}, median round, local payment provider",
+    )
     if args.rounds > 1:
         for name, runs in results.items():
-            print(f"  {name:<10} req/s per round: {', '.join(f'{r.rps:.0f}' for r in runs)}"
-                  f"  -> {spread([r.rps for r in runs])}")
+            print(
+                f"  {name:<10} req/s per round: {', '.join(f'{r.rps:.0f}' for r in runs)}"
+                f"  -> {spread([r.rps for r in runs])}"
+            )
     print(f"create: {created_total} subscriptions created, one per 201 (checked after every run); replay: none")
     ratios = {name: medians[name].rps / reference.rps if reference.rps else 0.0 for name in GOAL_TARGETS}
     ok = all(r >= args.goal for r in ratios.values())
@@ -201,8 +225,13 @@ def main(argv: list[str] | None = None) -> int:
         print_profile(profile, f"py-spy profile of {name} under load (not the measured run)")
     if args.json is not None:
         payload: dict[str, Any] = {
-            "connections": args.connections, "duration_s": args.duration, "rounds": args.rounds,
-            "ratios": ratios, "goal": args.goal, "pass": ok, "created": created_total,
+            "connections": args.connections,
+            "duration_s": args.duration,
+            "rounds": args.rounds,
+            "ratios": ratios,
+            "goal": args.goal,
+            "pass": ok,
+            "created": created_total,
             "runs": {name: [r.as_dict() for r in runs] for name, runs in results.items()},
         }
         args.json.write_text(json.dumps(payload, indent=2))
@@ -210,10 +239,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - one readable line for a harness failure
-        print(f"bench error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

@@ -54,6 +54,18 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def run_script(main: Callable[[], int]) -> None:
+    """Entry point of every benchmark script: exit with main()'s status, 130 on Ctrl-C, and 2 with one
+    readable line (no traceback) when the harness itself fails."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - one readable line for a harness failure
+        print(f"bench error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 def install_signal_handlers() -> None:
     """Make SIGTERM/SIGHUP unwind like Ctrl-C so context managers clean up."""
 

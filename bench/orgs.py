@@ -52,6 +52,7 @@ from common import (  # noqa: E402 - run as a script from any directory
     register_user,
     robosystems_server,
     run_load,
+    run_script,
     scratch_database,
     spread,
     summarise_py_spy,
@@ -105,20 +106,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per target before measuring")
     p.add_argument("--rounds", type=int, default=1, help="cycle through the targets this many times; median reported")
     p.add_argument("--goal", type=float, default=0.5, help="required ratio target/me (requests/s) for each org target")
-    p.add_argument("--admin-url", default=None, help="PostgreSQL server for the scratch DB "
-                                                     "(default: BENCH_ADMIN_URL, DATABASE_URL or local postgres)")
+    p.add_argument(
+        "--admin-url",
+        default=None,
+        help="PostgreSQL server for the scratch DB (default: BENCH_ADMIN_URL, DATABASE_URL or local postgres)",
+    )
     p.add_argument("--port", type=int, default=0, help="port for robosystems (default: a free one)")
     p.add_argument("--python-load", action="store_true", help="use the asyncio+httpx generator instead of wrk")
     p.add_argument("--no-install", action="store_true", help="don't apt-get install wrk when missing")
-    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                   help="after measuring, profile each target with py-spy under the same load")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="after measuring, profile each target with py-spy under the same load",
+    )
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
     return p.parse_args(argv)
 
 
 def seed(database_url: str, user_id: str) -> None:
-    params = {"others": ORGS * (MEMBERS_PER_ORG - 1), "orgs": ORGS, "per_org": MEMBERS_PER_ORG - 1,
-              "graphs": GRAPHS_PER_ORG, "user_id": user_id}
+    params = {
+        "others": ORGS * (MEMBERS_PER_ORG - 1),
+        "orgs": ORGS,
+        "per_org": MEMBERS_PER_ORG - 1,
+        "graphs": GRAPHS_PER_ORG,
+        "user_id": user_id,
+    }
     with psycopg.connect(database_url, autocommit=False) as conn:
         for statement in filter(None, (part.strip() for part in SEED_SQL.split(";\n"))):
             conn.execute(statement, params)  # type: ignore[arg-type]
@@ -156,13 +170,23 @@ def main(argv: list[str] | None = None) -> int:
             o["member_count"] != MEMBERS_PER_ORG for o in listing["orgs"] if o["org_type"] == "team"
         ):
             raise RuntimeError(f"seed check failed: list total {listing['total']}")
-        log(f"user {user_id} in {ORGS} orgs x {MEMBERS_PER_ORG} members (+ personal org); detail of {org_id} is "
-            f"{len(json.dumps(detail))} bytes, list {len(json.dumps(listing))} bytes")
+        log(
+            f"user {user_id} in {ORGS} orgs x {MEMBERS_PER_ORG} members (+ personal org); detail of {org_id} is "
+            f"{len(json.dumps(detail))} bytes, list {len(json.dumps(listing))} bytes"
+        )
 
         def load(name: str, seconds: float) -> LoadResult:
             probe = CpuProbe({"app": lambda: [ours.pid], "db": lambda: db_backend_pids(url)})
-            return run_load(name, targets[name], connections=args.connections, duration=seconds,
-                            threads=args.threads, headers=auth, wrk=wrk, cpu=probe)
+            return run_load(
+                name,
+                targets[name],
+                connections=args.connections,
+                duration=seconds,
+                threads=args.threads,
+                headers=auth,
+                wrk=wrk,
+                cpu=probe,
+            )
 
         for name in names:
             if args.warmup > 0:
@@ -186,13 +210,18 @@ def main(argv: list[str] | None = None) -> int:
 
     medians = {name: median_result(runs) for name, runs in results.items()}
     reference = medians["me"]
-    print_table(list(medians.values()), reference=reference,
-                title=f"org reads vs GET /v1/auth/me: {ORGS} orgs x {MEMBERS_PER_ORG} members, {args.connections} "
-                      f"connections, {args.duration:.0f}s, {args.rounds} round(s), {reference.tool}, median round")
+    print_table(
+        list(medians.values()),
+        reference=reference,
+        title=f"org reads vs GET /v1/auth/me: {ORGS} orgs x {MEMBERS_PER_ORG} members, {args.connections} "
+        f"connections, {args.duration:.0f}s, {args.rounds} round(s), {reference.tool}, median round",
+    )
     if args.rounds > 1:
         for name, runs in results.items():
-            print(f"  {name:<10} req/s per round: {', '.join(f'{r.rps:.0f}' for r in runs)}"
-                  f"  -> {spread([r.rps for r in runs])}")
+            print(
+                f"  {name:<10} req/s per round: {', '.join(f'{r.rps:.0f}' for r in runs)}"
+                f"  -> {spread([r.rps for r in runs])}"
+            )
     ratios = {name: medians[name].rps / reference.rps if reference.rps else 0.0 for name in ("get_org", "list_orgs")}
     ok = all(r >= args.goal for r in ratios.values())
     for name, ratio in ratios.items():
@@ -201,8 +230,14 @@ def main(argv: list[str] | None = None) -> int:
         print_profile(profile, f"py-spy profile of {name} under load (not the measured run)")
     if args.json is not None:
         payload: dict[str, Any] = {
-            "connections": args.connections, "duration_s": args.duration, "rounds": args.rounds,
-            "orgs": ORGS, "members_per_org": MEMBERS_PER_ORG, "ratios": ratios, "goal": args.goal, "pass": ok,
+            "connections": args.connections,
+            "duration_s": args.duration,
+            "rounds": args.rounds,
+            "orgs": ORGS,
+            "members_per_org": MEMBERS_PER_ORG,
+            "ratios": ratios,
+            "goal": args.goal,
+            "pass": ok,
             "runs": {name: [r.as_dict() for r in runs] for name, runs in results.items()},
         }
         args.json.write_text(json.dumps(payload, indent=2))
@@ -210,10 +245,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - one readable line for a harness failure
-        print(f"bench error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

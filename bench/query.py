@@ -50,6 +50,7 @@ from common import (  # noqa: E402
     register_user,
     robosystems_server,
     run_load,
+    run_script,
     scratch_database,
     spread,
 )
@@ -113,8 +114,18 @@ def main() -> int:
         def load(name: str, seconds: float) -> LoadResult:
             target, headers, method, body = targets[name]
             probe = CpuProbe({"app": lambda: [servers[name].pid], "db": lambda: db_backend_pids(url)})
-            return run_load(name, target, connections=args.connections, duration=seconds, threads=args.threads,
-                            headers=headers, method=method, body=body, wrk=wrk, cpu=probe)
+            return run_load(
+                name,
+                target,
+                connections=args.connections,
+                duration=seconds,
+                threads=args.threads,
+                headers=headers,
+                method=method,
+                body=body,
+                wrk=wrk,
+                cpu=probe,
+            )
 
         for name in targets:
             if args.warmup > 0:
@@ -129,27 +140,27 @@ def main() -> int:
         balance = httpx.get(f"{ours.base_url}/v1/graphs/{graph_id}/credits/summary", headers=auth, timeout=10).json()
     baseline, query = median_result(results["baseline"]), median_result(results["query"])
     ratio = query.rps / baseline.rps if baseline.rps else 0.0
-    print_table([baseline, query], reference=baseline,
-                title=f"POST /v1/graphs/{{id}}/query (RETURN 1) vs baseline PK SELECT: {args.connections} "
-                      f"connections, {args.duration:.0f}s, {args.rounds} round(s), {query.tool}, QUERY_CREDIT_COST="
-                      f"{args.cost}")
+    print_table(
+        [baseline, query],
+        reference=baseline,
+        title=f"POST /v1/graphs/{{id}}/query (RETURN 1) vs baseline PK SELECT: {args.connections} "
+        f"connections, {args.duration:.0f}s, {args.rounds} round(s), {query.tool}, QUERY_CREDIT_COST="
+        f"{args.cost}",
+    )
     if args.rounds > 1:
         for name, runs in results.items():
-            print(f"  {name:<8} req/s per round: {', '.join(f'{r.rps:.0f}' for r in runs)} -> "
-                  f"{spread([r.rps for r in runs])}")
+            print(
+                f"  {name:<8} req/s per round: {', '.join(f'{r.rps:.0f}' for r in runs)} -> "
+                f"{spread([r.rps for r in runs])}"
+            )
     print(f"\nratio query/baseline = {ratio:.2f}; credits left on the graph: {balance.get('current_balance')}")
     print(f"{load_at_start} at start, {machine_load()} at end")
     if args.json is not None:
-        args.json.write_text(json.dumps({"ratio": ratio, "runs": {k: [r.as_dict() for r in v]
-                                                                    for k, v in results.items()}}, indent=2))
+        args.json.write_text(
+            json.dumps({"ratio": ratio, "runs": {k: [r.as_dict() for r in v] for k, v in results.items()}}, indent=2)
+        )
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001
-        print(f"bench error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

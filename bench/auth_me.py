@@ -24,7 +24,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -32,13 +31,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402 - run as a script from any directory
-    REPO_ROOT,
-    VENV_BIN,
     CpuProbe,
     LoadResult,
     Profile,
-    Server,
     admin_url_from_env,
+    baseline_server,
     check_get,
     db_backend_pids,
     ensure_wrk,
@@ -99,21 +96,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
     return p.parse_args(argv)
-
-
-def baseline_server(database_url: str, port: int, env: dict[str, str] | None = None) -> Server:
-    argv = [
-        str(VENV_BIN / "python"),
-        str(REPO_ROOT / "bench" / "baseline_app.py"),
-        "--database-url",
-        database_url,
-        "--port",
-        str(port),
-    ]
-    # Like robosystems_server: run outside the repo so no stray .env changes the pool settings of one side only.
-    return Server(
-        "baseline", argv, f"http://127.0.0.1:{port}", env=env, cwd=tempfile.gettempdir(), ready_path="/healthz"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -292,6 +292,23 @@ def robosystems_server(
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def baseline_server(database_url: str, port: int | None = None, env: dict[str, str] | None = None) -> Server:
+    """``bench/baseline_app.py`` (one PK SELECT per request, same stack and pool settings) on ``database_url``."""
+    port = port or free_port()
+    argv = [
+        str(VENV_BIN / "python"),
+        str(REPO_ROOT / "bench" / "baseline_app.py"),
+        "--database-url",
+        database_url,
+        "--port",
+        str(port),
+    ]
+    # Like robosystems_server: run outside the repo so no stray .env changes the pool settings of one side only.
+    return Server(
+        "baseline", argv, f"http://127.0.0.1:{port}", env=env, cwd=tempfile.gettempdir(), ready_path="/healthz"
+    )
+
+
 def register_user(base_url: str, *, email: str | None = None, name: str = "Bench User") -> dict[str, Any]:
     """Register a user on a running service; return the response body (``user``, ``org``, ``token``…)."""
     email = email or f"bench-{secrets.token_hex(4)}@example.com"
@@ -749,8 +766,8 @@ def summarise_py_spy(proc: subprocess.Popen[str], out_dir: Path, *, top: int = 2
     total = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count_s = line.rpartition(" ")
-        if not stack:
-            continue
+        if not stack or not count_s.isdigit():
+            continue  # a frame name of generated code (e.g. SQLAlchemy's) can span lines
         count = int(count_s)
         total += count
         frames = stack.split(";")

@@ -1,25 +1,27 @@
-"""Org read paths under load: ``GET /v1/orgs/{org_id}`` and ``GET /v1/orgs`` against ``GET /v1/auth/me``
-(the baseline of bench/auth_me.py), measured in the same run on the same server.
+"""Org read paths under load: ``GET /v1/orgs/{org_id}`` and ``GET /v1/orgs`` against the foundation
+benchmark's baseline (``bench/baseline_app.py``: one PK SELECT per request, same stack and pool), measured in
+the same run; ``GET /v1/auth/me`` is run too, for reference.
 
-Setup: a scratch database migrated to head; ``robosystems serve --no-migrate --workers 1`` on it; one
-user registered over HTTP, then put (by SQL, it's data setup, not the thing measured) into 20 team
-orgs with 50 active members each (the user included; roles owner/admin/member in rotation) and
-3 graphs per org.  Then, one target after the other (never at once), a warm-up and a measured load of
-N connections for D seconds on
+Setup: a scratch database migrated to head; ``robosystems serve --no-migrate --workers 1`` and the baseline app
+on it; one user registered over HTTP, then put (by SQL, it's data setup, not the thing measured) into 20 team
+orgs with 50 active members each (the user included; roles owner/admin/member in rotation) and 3 graphs per
+org.  Then, one target after the other (never at once), a warm-up and a measured load of N connections for D
+seconds on
 
-    (a) me         GET /v1/auth/me
-    (b) get_org    GET /v1/orgs/{org_id}        (50 members, 3 graphs, limits)
-    (c) list_orgs  GET /v1/orgs?limit=50        (21 orgs with member/graph counts)
+    (a) baseline   GET /user/{id}                (baseline app: one PK SELECT)
+    (b) me         GET /v1/auth/me
+    (c) get_org    GET /v1/orgs/{org_id}        (50 members, 3 graphs, limits)
+    (d) list_orgs  GET /v1/orgs?limit=50        (21 orgs with member/graph counts)
 
-Prints requests/s, p50/p90/p99, CPU ms per request (app process, PostgreSQL backends), the ratios
-to (a) and the goal check (each ratio >= --goal, default 0.5).  Exit status: 0 goal met, 1 missed,
-2 harness error.
+Prints requests/s, p50/p90/p99, CPU ms per request (app process, PostgreSQL backends), the ratios to (a) and
+the goal check (get_org and list_orgs each >= --goal x baseline, default 0.5).  Exit status: 0 goal met,
+1 missed, 2 harness error.
 
     .venv/bin/python bench/orgs.py                        # 32 connections, 10 s, 1 round
     .venv/bin/python bench/orgs.py -c 64 -d 20 --rounds 3
     .venv/bin/python bench/orgs.py --profile out/         # + py-spy profiles of each target
 
-The scratch database and the server are removed even on failure or Ctrl-C.
+The scratch database and the servers are removed even on failure or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from common import (  # noqa: E402 - run as a script from any directory
     LoadResult,
     Profile,
     admin_url_from_env,
+    baseline_server,
     check_get,
     db_backend_pids,
     ensure_wrk,
@@ -105,7 +108,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-t", "--threads", type=int, default=1, help="wrk threads (default 1: 2-core machine)")
     p.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per target before measuring")
     p.add_argument("--rounds", type=int, default=1, help="cycle through the targets this many times; median reported")
-    p.add_argument("--goal", type=float, default=0.5, help="required ratio target/me (requests/s) for each org target")
+    p.add_argument(
+        "--goal", type=float, default=0.5, help="required ratio target/baseline (requests/s) for each org target"
+    )
     p.add_argument(
         "--admin-url",
         default=None,
@@ -145,23 +150,27 @@ def main(argv: list[str] | None = None) -> int:
     wrk = None if args.python_load else ensure_wrk(install=not args.no_install)
     if wrk is None:
         log("load generator: Python asyncio+httpx (wrk unavailable or --python-load)")
-    names = ("me", "get_org", "list_orgs")
+    names = ("baseline", "me", "get_org", "list_orgs")
     results: dict[str, list[LoadResult]] = {name: [] for name in names}
     profiles: dict[str, Profile] = {}
 
     with ExitStack() as stack:
         url = stack.enter_context(scratch_database(args.admin_url or admin_url_from_env()))
         ours = stack.enter_context(robosystems_server(url, port=args.port or None))
+        base = stack.enter_context(baseline_server(url))
         registered = register_user(ours.base_url)
         user_id = registered["user"]["id"]
         seed(url, user_id)
         auth = {"Authorization": f"Bearer {registered['token']}"}
         org_id = "org_bench001"
         targets: dict[str, str] = {
+            "baseline": f"{base.base_url}/user/{user_id}",
             "me": f"{ours.base_url}/v1/auth/me",
             "get_org": f"{ours.base_url}/v1/orgs/{org_id}",
             "list_orgs": f"{ours.base_url}/v1/orgs?limit=50",
         }
+        if check_get(targets["baseline"])["id"] != user_id:
+            raise RuntimeError("baseline sanity check failed")
         detail = check_get(targets["get_org"], auth)
         listing = check_get(targets["list_orgs"], auth)
         if len(detail["members"]) != MEMBERS_PER_ORG or len(detail["graphs"]) != GRAPHS_PER_ORG:
@@ -176,14 +185,15 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         def load(name: str, seconds: float) -> LoadResult:
-            probe = CpuProbe({"app": lambda: [ours.pid], "db": lambda: db_backend_pids(url)})
+            server = base if name == "baseline" else ours
+            probe = CpuProbe({"app": lambda: [server.pid], "db": lambda: db_backend_pids(url)})
             return run_load(
                 name,
                 targets[name],
                 connections=args.connections,
                 duration=seconds,
                 threads=args.threads,
-                headers=auth,
+                headers={} if name == "baseline" else auth,
                 wrk=wrk,
                 cpu=probe,
             )
@@ -204,16 +214,16 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 out = args.profile / name
                 log(f"profiling {name} with py-spy for {args.duration:.0f}s -> {out}")
-                spy = py_spy_profile(ours.pid, args.duration, out)
+                spy = py_spy_profile((base if name == "baseline" else ours).pid, args.duration, out)
                 load(name, args.duration)
                 profiles[name] = summarise_py_spy(spy, out)
 
     medians = {name: median_result(runs) for name, runs in results.items()}
-    reference = medians["me"]
+    reference = medians["baseline"]
     print_table(
         list(medians.values()),
         reference=reference,
-        title=f"org reads vs GET /v1/auth/me: {ORGS} orgs x {MEMBERS_PER_ORG} members, {args.connections} "
+        title=f"org reads vs the baseline PK SELECT: {ORGS} orgs x {MEMBERS_PER_ORG} members, {args.connections} "
         f"connections, {args.duration:.0f}s, {args.rounds} round(s), {reference.tool}, median round",
     )
     if args.rounds > 1:
@@ -225,7 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {name: medians[name].rps / reference.rps if reference.rps else 0.0 for name in ("get_org", "list_orgs")}
     ok = all(r >= args.goal for r in ratios.values())
     for name, ratio in ratios.items():
-        print(f"ratio {name}/me = {ratio:.2f}  (goal >= {args.goal:.2f}): {'PASS' if ratio >= args.goal else 'FAIL'}")
+        print(
+            f"ratio {name}/baseline = {ratio:.2f}  (goal >= {args.goal:.2f}): "
+            f"{'PASS' if ratio >= args.goal else 'FAIL'}"
+        )
     for name, profile in profiles.items():
         print_profile(profile, f"py-spy profile of {name} under load (not the measured run)")
     if args.json is not None:

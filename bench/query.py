@@ -33,11 +33,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from auth_me import baseline_server  # noqa: E402 - run as a script from any directory
 from common import (  # noqa: E402
     CpuProbe,
     LoadResult,
     admin_url_from_env,
+    baseline_server,
     check_get,
     db_backend_pids,
     ensure_wrk,

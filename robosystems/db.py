@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -25,6 +26,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
 
 from robosystems.config import Settings, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.sql.elements import ClauseElement
 
 log = logging.getLogger("robosystems.db")
 
@@ -86,6 +90,63 @@ def make_async_engine(settings: Settings) -> AsyncEngine:
         pool_recycle=1800,
         connect_args=_connect_args(settings),
     )
+
+
+def libpq_url(url: str) -> str:
+    """The URL without SQLAlchemy's ``+driver`` part, for psycopg/libpq themselves."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def compile_for_psycopg(statement: ClauseElement) -> bytes:
+    """Compile a SQLAlchemy statement once, at import, into the SQL psycopg runs (``%(name)s``
+    placeholders), for :class:`ReadPool`."""
+    from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+    return str(statement.compile(dialect=PGDialect_psycopg())).encode()  # type: ignore[no-untyped-call]
+
+
+class ReadPool:
+    """Autocommit psycopg connections (``psycopg_pool``) for the hottest single-statement reads:
+    the principal lookup on every authenticated request and the org reads.
+
+    Why not the SQLAlchemy engine: measured in-process, one statement through the async engine
+    (checkout, greenlet bridge, execution context, result objects) costs ~0.43 ms of CPU against
+    ~0.14 ms through a psycopg pool; on a one-process API that CPU is the request rate.  The
+    statements are still written with SQLAlchemy and compiled once (:func:`compile_for_psycopg`).
+    Reads only: nothing here is part of the request's unit of work.  A connection that can't be
+    had within ``DB_POOL_TIMEOUT_SECONDS`` (server down) surfaces as 503 database_unavailable.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        size = settings.db_read_pool_size
+        self._pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            libpq_url(resolve_database_url(settings)),
+            min_size=min(2, size),
+            max_size=size,
+            timeout=settings.db_pool_timeout_seconds,
+            kwargs={"autocommit": True, **_connect_args(settings)},
+            open=False,
+            name="robosystems-reads",
+        )
+        #: statements run so far (tests count round trips with it)
+        self.statements = 0
+
+    async def open(self) -> None:
+        await self._pool.open(wait=False)  # a server that is down now must not stop the API starting
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def fetch_one(self, query: bytes, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        self.statements += 1
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(query, params)
+            row: tuple[Any, ...] | None = await cursor.fetchone()
+            return row
+
+    async def fetch_value(self, query: bytes, params: Mapping[str, Any]) -> Any:
+        row = await self.fetch_one(query, params)
+        return None if row is None else row[0]
 
 
 def make_sync_engine(settings: Settings, **kwargs: Any) -> Engine:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+import psycopg
+import psycopg_pool
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -136,6 +138,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(sa_exc.OperationalError)
     @app.exception_handler(sa_exc.InterfaceError)
     @app.exception_handler(sa_exc.TimeoutError)
+    @app.exception_handler(psycopg.OperationalError)  # the read pool (robosystems.db.ReadPool) runs psycopg itself
+    @app.exception_handler(psycopg.InterfaceError)
+    @app.exception_handler(psycopg_pool.PoolTimeout)
     async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
         # Connection refused, server out of slots, pool exhausted: the caller may retry.
         log.error("database unavailable: %s", type(exc).__name__)

@@ -148,6 +148,23 @@ async def test_readyz_reports_database_down(app_factory) -> None:  # type: ignor
         assert login.headers["Retry-After"] == "5"
 
 
+async def test_authenticated_reads_answer_503_while_the_database_is_down(app_factory) -> None:  # type: ignore[no-untyped-def]
+    """The principal lookup and the org reads run on the psycopg read pool: a server that can't be
+    reached there is 503 database_unavailable too (after DB_POOL_TIMEOUT_SECONDS), never a 500."""
+    async with app_factory() as (_, up):
+        body = await register(up, unique_email("down"))
+    token, org_id = body["token"], body["org"]["id"]
+    async with app_factory(database_url="postgresql://postgres@127.0.0.1:1/nothing", db_pool_timeout_seconds=0.5) as (
+        _,
+        client,
+    ):
+        for path in ("/v1/auth/me", f"/v1/orgs/{org_id}", "/v1/orgs"):
+            response = await client.get(path, headers=bearer(token))
+            assert response.status_code == 503, (path, response.text)
+            assert response.json()["code"] == "database_unavailable"
+            assert "psycopg" not in response.text.lower() and response.headers["Retry-After"] == "5"
+
+
 def test_production_refuses_placeholder_or_missing_secret(tmp_path: Path) -> None:
     for secret in ("", "changeme", "short"):
         settings = Settings(

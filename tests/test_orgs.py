@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from robosystems.errors import Conflict, NotFound
 from robosystems.orgs import service as org_service
+from robosystems.orgs.schemas import OrgDetailResponse, OrgListResponse
 from tests.helpers import count, snapshot
 from tests.org_helpers import invite, make_org, org_with_roles, person
 
@@ -219,23 +220,24 @@ async def test_list_orgs_is_one_statement_whatever_the_number_of_orgs(
         statements.append(statement)
 
     engine = app.state.services.engine.sync_engine
+    reads = app.state.services.reads
 
     async def statements_for_list() -> int:
         statements.clear()
+        before = reads.statements
         event.listen(engine, "before_cursor_execute", record)
         try:
             assert (await client.get("/v1/orgs", headers=owner.auth)).status_code == 200
         finally:
             event.remove(engine, "before_cursor_execute", record)
-        return len(statements)
+        return len(statements) + reads.statements - before
 
     few = await statements_for_list()
     for i in range(8):
         org = await make_org(client, owner, f"Org {i}")
         insert_graph(sync_engine, org["id"], f"kg{i:016x}")
     many = await statements_for_list()
-    assert many == few
-    assert many <= 2  # the principal lookup + one list statement
+    assert many == few == 2  # the principal lookup + one list statement
 
 
 # --- read ------------------------------------------------------------------------------------------
@@ -260,6 +262,62 @@ async def test_get_org_detail_for_each_role(client: httpx.AsyncClient, sync_engi
             ("kg00000000000000aa", "Ledger", "generic", "kuzu-standard")
         ]
         assert body["limits"]["max_graphs"] == 100
+
+
+async def test_org_reads_rendered_by_postgres_equal_pydantics_rendering(
+    client: httpx.AsyncClient, app: FastAPI, sync_engine: Engine
+) -> None:
+    """The org detail and list bodies are JSON text built by PostgreSQL (robosystems.sqljson): they
+    must be exactly what the declared response models would render -- same keys, same values, same
+    timestamp spelling (with and without a fraction of a second) -- and cost two statements."""
+    setup = await org_with_roles(client, sync_engine)
+    insert_graph(sync_engine, setup.org_id, "kg00000000000000b1", name='Quote " and \\ backslash é')
+    insert_graph(sync_engine, setup.org_id, "kg00000000000000b2")
+    with sync_engine.begin() as conn:  # one whole-second timestamp, one with microseconds
+        conn.execute(
+            text("UPDATE org_users SET joined_at = '2026-01-02 03:04:05+00' WHERE org_id = :o AND user_id = :u"),
+            {"o": setup.org_id, "u": setup.admin.id},
+        )
+        conn.execute(
+            text("UPDATE org_users SET joined_at = '2026-01-01 23:00:00.5+01' WHERE org_id = :o AND user_id = :u"),
+            {"o": setup.org_id, "u": setup.owner.id},
+        )
+        conn.execute(
+            text("UPDATE graphs SET created_at = '2026-01-02 03:04:05.12+00' WHERE graph_id = 'kg00000000000000b2'")
+        )
+        conn.execute(text("UPDATE orgs SET name = 'Acme <team> ☃' WHERE id = :o"), {"o": setup.org_id})
+
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    engine = app.state.services.engine.sync_engine
+    before = app.state.services.reads.statements
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        detail = await client.get(f"/v1/orgs/{setup.org_id}", headers=setup.member.auth)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert detail.status_code == 200
+    assert detail.headers["content-type"] == "application/json"
+    # principal + live membership in the org (one statement), then the detail; no transaction
+    assert statements == [] and app.state.services.reads.statements - before == 2
+    listing = await client.get("/v1/orgs", headers=setup.member.auth)
+    assert listing.status_code == 200
+
+    for response, model in ((detail, OrgDetailResponse), (listing, OrgListResponse)):
+        rendered = json.loads(model.model_validate_json(response.content).model_dump_json())
+        assert response.json() == rendered
+    body = detail.json()
+    assert body["name"] == "Acme <team> ☃"
+    joined = {m["user_id"]: m["joined_at"] for m in body["members"]}
+    assert joined[setup.admin.id] == "2026-01-02T03:04:05Z"
+    assert joined[setup.owner.id] == "2026-01-01T22:00:00.500000Z"
+    graphs = {g["graph_id"]: g for g in body["graphs"]}
+    assert graphs["kg00000000000000b2"]["created_at"] == "2026-01-02T03:04:05.120000Z"
+    assert graphs["kg00000000000000b1"]["graph_name"] == 'Quote " and \\ backslash é'
+    assert [g["graph_id"] for g in body["graphs"]] == ["kg00000000000000b2", "kg00000000000000b1"]
 
 
 async def test_unknown_and_foreign_orgs_are_404(client: httpx.AsyncClient) -> None:

@@ -1,8 +1,9 @@
 """The current principal: a Bearer access token (live session) or an ``X-API-Key``.
 
 One Core query per request on the hot path: session + user, checked against revocation, expiry
-and ``is_active``.  A token's org claim is carried as a default only; org access is always
-re-checked against the live membership by the org access dependency.
+and ``is_active``, plus the caller's LIVE membership in the org the request is about (the route's
+``{org_id}`` path parameter, else the token's org) so the org access dependency needs no second
+round trip.  A token's org claim is carried as a default only; it never grants anything.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from robosystems.audit.service import record_security_event_now
 from robosystems.auth import api_keys
 from robosystems.auth.sessions import OrgMembershipRow
 from robosystems.auth.tokens import ExpiredToken, InvalidToken, TokenClaims
-from robosystems.db import get_session
+from robosystems.db import compile_for_psycopg, get_session
 from robosystems.errors import Unauthorized
 from robosystems.models import AuthSession, Org, OrgUser, User
 from robosystems.services import AppServices, get_services
@@ -36,8 +37,17 @@ class Principal:
     session_id: str | None = None
     api_key_id: str | None = None
     claims: TokenClaims | None = None
-    #: live membership in ``token_org_id``, read with the principal (None: not a member any more)
-    token_membership: OrgMembershipRow | None = None
+    #: the org whose live membership was read with the principal (path ``{org_id}``, else token org)
+    membership_org_id: str | None = None
+    #: that live membership (None: not an active member of a live org)
+    membership: OrgMembershipRow | None = None
+
+    def known_membership(self, org_id: str) -> tuple[bool, OrgMembershipRow | None]:
+        """``(True, membership-or-None)`` when the principal query already read the live membership
+        in ``org_id`` (this request, this statement); ``(False, None)`` when it must be looked up."""
+        if self.session_id is not None and org_id == self.membership_org_id:
+            return True, self.membership
+        return False, None
 
 
 # Built once: the hot path only binds parameters.  Session + user + the live membership in the
@@ -67,6 +77,7 @@ _PRINCIPAL_BY_SESSION = (
         AuthSession.expires_at > bindparam("now"),
     )
 )
+_PRINCIPAL_SQL = compile_for_psycopg(_PRINCIPAL_BY_SESSION)
 
 
 def bearer_token(request: Request) -> str | None:
@@ -80,6 +91,8 @@ def bearer_token(request: Request) -> str | None:
 
 
 async def _principal_from_token(token: str, services: AppServices, request: Request) -> Principal:
+    path_org = request.path_params.get("org_id")
+    membership_org_id = path_org if isinstance(path_org, str) and path_org else None
     try:
         claims = services.tokens.decode(token)
     except ExpiredToken as exc:
@@ -92,23 +105,19 @@ async def _principal_from_token(token: str, services: AppServices, request: Requ
             details={"path": request.url.path},
         )
         raise Unauthorized("Invalid token", code="invalid_token") from exc
-    # One read needs no transaction: an autocommit connection saves the BEGIN and COMMIT round
-    # trips, and it goes back to the pool before the handler runs.  The request's own session
-    # (if the handler uses one) starts its transaction after this, on its own checkout.
-    async with services.engine.connect() as raw:
-        conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
-        row = (
-            await conn.execute(
-                _PRINCIPAL_BY_SESSION,
-                {
-                    "session_id": claims.session_id,
-                    "user_id": claims.user_id,
-                    "org_id": claims.org_id,
-                    "now": datetime.now(UTC),
-                },
-            )
-        ).one_or_none()
-    if row is None or row.revoked_at is not None:
+    membership_org_id = membership_org_id or claims.org_id
+    # One read, no transaction, on the read pool (see ReadPool); the request's own session, if
+    # the handler uses one, starts its transaction after this.
+    row = await services.reads.fetch_one(
+        _PRINCIPAL_SQL,
+        {
+            "session_id": claims.session_id,
+            "user_id": claims.user_id,
+            "org_id": membership_org_id,
+            "now": datetime.now(UTC),
+        },
+    )
+    if row is None or row[4] is not None:  # no live session for this user, or revoked
         await record_security_event_now(
             services.sessionmaker,
             "revoked_token_used",
@@ -117,15 +126,17 @@ async def _principal_from_token(token: str, services: AppServices, request: Requ
             details={"session_id": claims.session_id, "path": request.url.path},
         )
         raise Unauthorized("Session is no longer valid", code="session_revoked")
+    user_id, email, name, email_verified, _revoked_at, org_id, org_name, org_type, role = row
     return Principal(
-        user_id=row.id,
-        email=row.email,
-        name=row.name,
-        email_verified=row.email_verified,
+        user_id=user_id,
+        email=email,
+        name=name,
+        email_verified=email_verified,
         token_org_id=claims.org_id,
         session_id=claims.session_id,
         claims=claims,
-        token_membership=OrgMembershipRow(row.org_id, row.org_name, row.org_type, row.role) if row.org_id else None,
+        membership_org_id=membership_org_id,
+        membership=OrgMembershipRow(org_id, org_name, org_type, role) if org_id else None,
     )
 
 

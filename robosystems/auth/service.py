@@ -277,7 +277,9 @@ async def switch_org(
 
 async def me(session: AsyncSession, principal: Principal) -> dict[str, Any]:
     if principal.token_org_id:
-        membership = principal.token_membership  # read live with the principal, in the same query
+        known, membership = principal.known_membership(principal.token_org_id)  # read with the principal
+        if not known:
+            membership = await active_membership(session, principal.user_id, principal.token_org_id)
     else:
         org_id = await personal_org_id(session, principal.user_id)
         membership = await active_membership(session, principal.user_id, org_id) if org_id else None

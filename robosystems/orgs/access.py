@@ -39,14 +39,15 @@ class OrgAccess:
 
 
 async def resolve_org_access(
-    session: AsyncSession, principal: Principal, org_id: str, *, lock: bool = False
+    session: AsyncSession, principal: Principal, org_id: str, *, lock: bool = False, fresh: bool = False
 ) -> OrgAccess:
     """Live membership lookup (one query).  ``lock=True`` takes a row lock on the org, which
-    serializes concurrent membership changes of that org (last-owner rules)."""
-    if not lock and principal.session_id and org_id == principal.token_org_id:
-        # The principal query already read the live membership in the token's org, in this
-        # same transaction: reuse it instead of a second round trip.
-        m = principal.token_membership
+    serializes concurrent membership changes of that org (last-owner rules); ``fresh=True`` reads
+    it in the caller's transaction (after a change the request made itself)."""
+    known, m = principal.known_membership(org_id)
+    if known and not lock and not fresh:
+        # The principal query read the live membership in this org moments ago (one statement,
+        # committed data): reuse it instead of a second round trip.  Locking callers re-read.
         if m is None:
             raise NotFound("Organization not found", code="org_not_found")
         return OrgAccess(principal, m.org_id, m.name, m.org_type, m.role)
@@ -67,13 +68,19 @@ async def resolve_org_access(
 
 
 async def authorize(
-    session: AsyncSession, principal: Principal, org_id: str | None, action: Action, *, lock: bool = False
+    session: AsyncSession,
+    principal: Principal,
+    org_id: str | None,
+    action: Action,
+    *,
+    lock: bool = False,
+    fresh: bool = False,
 ) -> OrgAccess:
     """Resolve the org (explicit id, else the token's org, else the personal org) and check ``action``."""
     target = org_id or principal.token_org_id or await personal_org_id(session, principal.user_id)
     if not target:
         raise NotFound("Organization not found", code="org_not_found")
-    access = await resolve_org_access(session, principal, target, lock=lock)
+    access = await resolve_org_access(session, principal, target, lock=lock, fresh=fresh)
     if not access.can(action):
         raise Forbidden(f"Your role ({access.role}) does not allow this action", code="insufficient_role")
     return access

@@ -194,7 +194,7 @@ async def leave_org(session: AsyncSession, principal: Principal, org_id: str) ->
 
 async def transfer_ownership(
     session: AsyncSession, principal: Principal, org_id: str, target_user_id: str
-) -> dict[str, Any]:
+) -> str:
     access = await lock_and_authorize(session, principal, org_id, Action.TRANSFER_OWNERSHIP)
     if access.org_type == "personal":
         raise personal_org_conflict("change owners")

@@ -33,6 +33,7 @@ from robosystems.orgs.schemas import (
     UpdateOrgRequest,
     UserInvitationListResponse,
 )
+from robosystems.sqljson import JSONText
 
 router = APIRouter(prefix="/v1/orgs", tags=["org"])
 public_router = APIRouter(tags=["invitations"])
@@ -64,29 +65,30 @@ def _ua(request: Request) -> str | None:
 # --- orgs ------------------------------------------------------------------------------------
 
 
+# The org reads and the org-detail answers of writes are JSON rendered by PostgreSQL (sqljson):
+# returned as is, the declared response_model documents them (tests validate them against it).
+
+
 @router.get("", response_model=OrgListResponse)
-async def list_user_orgs(
-    principal: CurrentPrincipal, db: DbSession, limit: Limit = 50, offset: Offset = 0
-) -> dict[str, Any]:
-    return await service.list_orgs(db, principal.user_id, limit=limit, offset=offset)
+async def list_user_orgs(principal: CurrentPrincipal, svc: Services, limit: Limit = 50, offset: Offset = 0) -> JSONText:
+    return JSONText(await service.list_orgs_json(svc.reads, principal.user_id, limit=limit, offset=offset))
 
 
 @router.post("", status_code=201, response_model=OrgDetailResponse)
-async def create_org(
-    body: CreateOrgRequest, principal: CurrentPrincipal, db: DbSession, svc: Services
-) -> dict[str, Any]:
-    return await service.create_org(db, svc, principal, name=body.name, org_type=body.org_type.value)
+async def create_org(body: CreateOrgRequest, principal: CurrentPrincipal, db: DbSession, svc: Services) -> JSONText:
+    detail = await service.create_org(db, svc, principal, name=body.name, org_type=body.org_type.value)
+    return JSONText(detail, status_code=201)
 
 
 @router.get("/{org_id}", response_model=OrgDetailResponse)
-async def get_org(access: ViewOrgAccess, db: DbSession) -> dict[str, Any]:
-    return await service.org_detail(db, access)
+async def get_org(access: ViewOrgAccess, svc: Services) -> JSONText:
+    return JSONText(await service.read_org_detail(svc.reads, access))
 
 
 @router.put("/{org_id}", response_model=OrgDetailResponse)
-async def update_org(body: UpdateOrgRequest, access: UpdateOrgAccess, db: DbSession) -> dict[str, Any]:
+async def update_org(body: UpdateOrgRequest, access: UpdateOrgAccess, db: DbSession) -> JSONText:
     org_type = body.org_type.value if body.org_type else None
-    return await service.update_org(db, access.principal, access.org_id, name=body.name, org_type=org_type)
+    return JSONText(await service.update_org(db, access.principal, access.org_id, name=body.name, org_type=org_type))
 
 
 @router.delete("/{org_id}", status_code=202, response_model=OrgDeletedResponse)
@@ -103,8 +105,8 @@ async def leave_org(access: LeaveOrgAccess, db: DbSession) -> Response:
 @router.post("/{org_id}/transfer-ownership", response_model=OrgDetailResponse)
 async def transfer_ownership(
     body: TransferOwnershipRequest, access: TransferOwnershipAccess, db: DbSession
-) -> dict[str, Any]:
-    return await members.transfer_ownership(db, access.principal, access.org_id, body.user_id)
+) -> JSONText:
+    return JSONText(await members.transfer_ownership(db, access.principal, access.org_id, body.user_id))
 
 
 # --- members ---------------------------------------------------------------------------------
@@ -162,9 +164,7 @@ async def resend_invitation(
 
 
 @router.delete("/{org_id}/invitations/{invitation_id}", status_code=204, response_class=Response)
-async def revoke_invitation(
-    invitation_id: InvitationId, access: ManageInvitationsAccess, db: DbSession
-) -> Response:
+async def revoke_invitation(invitation_id: InvitationId, access: ManageInvitationsAccess, db: DbSession) -> Response:
     await invitations.revoke_invitation(db, access.principal, access.org_id, invitation_id)
     return Response(status_code=204)
 
@@ -205,7 +205,12 @@ async def accept_invitation(
     body: AcceptInvitationRequest | None = None,
 ) -> dict[str, Any]:
     result = await invitations.accept_invitation(
-        db, svc, token, principal, name=body.name if body else None, password=body.password if body else None,
+        db,
+        svc,
+        token,
+        principal,
+        name=body.name if body else None,
+        password=body.password if body else None,
         user_agent=_ua(request),
     )
     return result.body()

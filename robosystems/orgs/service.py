@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from robosystems.auth.deps import Principal
+from robosystems.db import ReadPool, compile_for_psycopg
 from robosystems.errors import AppError, Conflict, Forbidden, NotFound, Unprocessable
 from robosystems.ids import new_id
 from robosystems.models import LIVE_SUBSCRIPTION_STATUSES, Org, OrgLimits, OrgUser, User
@@ -25,6 +26,7 @@ from robosystems.orgs.access import OrgAccess, authorize
 from robosystems.orgs.audit import OrgEvent, record_org_event
 from robosystems.orgs.policy import Action, Role, role_at_least
 from robosystems.services import AppServices
+from robosystems.sqljson import iso_utc
 
 log = logging.getLogger("robosystems.orgs")
 
@@ -60,9 +62,7 @@ async def lock_org_row(session: AsyncSession, org_id: str) -> None:
     await session.execute(select(Org.id).where(Org.id == org_id).with_for_update())
 
 
-async def lock_and_authorize(
-    session: AsyncSession, principal: Principal, org_id: str, action: Action
-) -> OrgAccess:
+async def lock_and_authorize(session: AsyncSession, principal: Principal, org_id: str, action: Action) -> OrgAccess:
     """Lock the org row, then resolve the caller's live role in a new statement.
 
     In READ COMMITTED a ``SELECT … FOR UPDATE`` that waited for another transaction returns the
@@ -70,7 +70,7 @@ async def lock_and_authorize(
     what that transaction committed.
     """
     await lock_org_row(session, org_id)
-    return await authorize(session, principal, org_id, action)
+    return await authorize(session, principal, org_id, action, fresh=True)
 
 
 async def count_active_owners(session: AsyncSession, org_id: str) -> int:
@@ -88,102 +88,92 @@ async def count_active_owners(session: AsyncSession, org_id: str) -> int:
 # --- reads -----------------------------------------------------------------------------------
 
 
-#: The caller's live memberships with member and graph counts: one statement (the counts are
-#: correlated aggregates over indexed lookups, evaluated for the returned page only), written as
-#: SQL text because building it with the ORM on every request cost more than running it.
-#: Graph counts follow ``usage.org_graph_count``: top-level graphs (subgraphs share their parent's org).
-_LIST_ORGS = text(
-    """
-    SELECT page.*,
-           (SELECT count(*) FROM org_users m WHERE m.org_id = page.id AND m.is_active) AS member_count,
-           (SELECT count(*) FROM graphs g WHERE g.org_id = page.id AND NOT g.is_subgraph) AS graph_count
-    FROM (
-        SELECT o.id, o.name, o.org_type, ou.role, ou.joined_at, o.created_at, count(*) OVER () AS total
+#: ``OrgListResponse`` as JSON text, one statement: the caller's live memberships (one page) with
+#: member and graph counts (correlated aggregates over indexed lookups, for the page's rows only)
+#: and the total.  Graph counts follow ``usage.org_graph_count``: top-level graphs (subgraphs share
+#: their parent's org).  See robosystems.sqljson for why PostgreSQL renders the body.
+_LIST_ORGS_JSON = text(
+    f"""
+    WITH mine AS (
+        SELECT o.id, o.name, o.org_type, ou.role, ou.joined_at, o.created_at
         FROM org_users ou JOIN orgs o ON o.id = ou.org_id
         WHERE ou.user_id = :user AND ou.is_active AND o.deleted_at IS NULL
-        ORDER BY ou.joined_at, o.id
-        LIMIT :limit OFFSET :offset
-    ) AS page
-    ORDER BY page.joined_at, page.id
-    """
+    ), page AS (
+        SELECT * FROM mine ORDER BY joined_at, id LIMIT :limit OFFSET :offset
+    )
+    SELECT json_build_object(
+        'orgs', COALESCE((
+            SELECT json_agg(json_build_object(
+                       'id', p.id, 'name', p.name, 'org_type', p.org_type, 'role', p.role,
+                       'member_count', (SELECT count(*) FROM org_users m WHERE m.org_id = p.id AND m.is_active),
+                       'graph_count', (SELECT count(*) FROM graphs g WHERE g.org_id = p.id AND NOT g.is_subgraph),
+                       'created_at', {iso_utc("p.created_at")}, 'joined_at', {iso_utc("p.joined_at")})
+                   ORDER BY p.joined_at, p.id)
+            FROM page p
+        ), '[]'::json),
+        'total', (SELECT count(*) FROM mine)
+    )::text
+    """  # noqa: S608 - assembled once from constant column names, no input
 )
-_COUNT_ORGS = text(
-    "SELECT count(*) FROM org_users ou JOIN orgs o ON o.id = ou.org_id "
-    "WHERE ou.user_id = :user AND ou.is_active AND o.deleted_at IS NULL"
-)
 
 
-async def list_orgs(session: AsyncSession, user_id: str, *, limit: int, offset: int) -> dict[str, Any]:
-    """The caller's active memberships in live orgs, one round trip (two past the last page)."""
-    rows = (await session.execute(_LIST_ORGS, {"user": user_id, "limit": limit, "offset": offset})).all()
-    if rows:
-        total = int(rows[0].total)
-    else:
-        total = int((await session.execute(_COUNT_ORGS, {"user": user_id})).scalar_one())
-    orgs = [
-        {
-            "id": r.id,
-            "name": r.name,
-            "org_type": r.org_type,
-            "role": r.role,
-            "member_count": int(r.member_count),
-            "graph_count": int(r.graph_count),
-            "created_at": r.created_at,
-            "joined_at": r.joined_at,
-        }
-        for r in rows
-    ]
-    return {"orgs": orgs, "total": total}
+_LIST_ORGS_SQL = compile_for_psycopg(_LIST_ORGS_JSON)
 
 
-#: ``OrgDetailResponse`` in one round trip: the org row, its active members and its top-level
-#: graphs as JSON arrays (timestamps ISO-8601 UTC: the connection's time zone is UTC) and its graph
-#: limit.  The graph list follows ``usage.org_graphs`` (same rows, same order) without the credit
-#: columns the detail doesn't show; ``limits`` is ``{max_graphs}`` (null without a limits row) --
-#: usage against the limit is ``GET /v1/orgs/{id}/limits``.  Measured (bench/orgs.py): folding
-#: the former five queries into this one is what keeps the detail within 2x of ``/v1/auth/me``.
-_ORG_DETAIL = text(
-    """
-    SELECT o.name, o.org_type, o.created_at, o.updated_at,
-           (SELECT max_graphs FROM org_limits l WHERE l.org_id = o.id) AS max_graphs,
-           COALESCE((
-               SELECT json_agg(json_build_object('user_id', ou.user_id, 'name', u.name, 'email', u.email,
-                                                 'role', ou.role, 'joined_at', ou.joined_at)
-                               ORDER BY ou.joined_at, ou.user_id)
-               FROM org_users ou JOIN users u ON u.id = ou.user_id
-               WHERE ou.org_id = o.id AND ou.is_active
-           ), '[]'::json) AS members,
-           COALESCE((
-               SELECT json_agg(json_build_object('graph_id', g.graph_id, 'graph_name', g.graph_name,
-                                                 'graph_type', g.graph_type, 'graph_tier', g.graph_tier,
-                                                 'created_at', g.created_at)
-                               ORDER BY g.created_at, g.graph_id)
-               FROM graphs g
-               WHERE g.org_id = o.id AND NOT g.is_subgraph
-           ), '[]'::json) AS graphs
+async def list_orgs_json(reads: ReadPool, user_id: str, *, limit: int, offset: int) -> str:
+    """``OrgListResponse`` (JSON text) of the caller's active memberships in live orgs."""
+    return str(await reads.fetch_value(_LIST_ORGS_SQL, {"user": user_id, "limit": limit, "offset": offset}))
+
+
+#: ``OrgDetailResponse`` as JSON text, one statement: the org row, its active members and its
+#: top-level graphs (same rows and order as ``usage.org_graphs``, without the credit columns the
+#: detail doesn't show) and ``limits`` = ``{max_graphs}`` (null without a limits row; usage against
+#: the limit is ``GET /v1/orgs/{id}/limits``).  The caller's role comes from the access check.
+#: Measured (bench/orgs.py): one statement rendered by PostgreSQL instead of five queries plus
+#: Pydantic validation is what brings the detail of a 50-member org near the PK-SELECT baseline.
+_ORG_DETAIL_JSON = text(
+    f"""
+    SELECT json_build_object(
+        'id', o.id, 'name', o.name, 'org_type', o.org_type, 'user_role', CAST(:role AS text),
+        'members', COALESCE((
+            SELECT json_agg(json_build_object('user_id', ou.user_id, 'name', u.name, 'email', u.email,
+                                              'role', ou.role, 'joined_at', {iso_utc("ou.joined_at")})
+                            ORDER BY ou.joined_at, ou.user_id)
+            FROM org_users ou JOIN users u ON u.id = ou.user_id
+            WHERE ou.org_id = o.id AND ou.is_active
+        ), '[]'::json),
+        'graphs', COALESCE((
+            SELECT json_agg(json_build_object('graph_id', g.graph_id, 'graph_name', g.graph_name,
+                                              'graph_type', g.graph_type, 'graph_tier', g.graph_tier,
+                                              'created_at', {iso_utc("g.created_at")})
+                            ORDER BY g.created_at, g.graph_id)
+            FROM graphs g
+            WHERE g.org_id = o.id AND NOT g.is_subgraph
+        ), '[]'::json),
+        'limits', (SELECT json_build_object('max_graphs', l.max_graphs) FROM org_limits l WHERE l.org_id = o.id),
+        'created_at', {iso_utc("o.created_at")},
+        'updated_at', {iso_utc("o.updated_at")}
+    )::text
     FROM orgs o WHERE o.id = :org
-    """
+    """  # noqa: S608 - assembled once from constant column names, no input
 )
 
 
-async def org_detail(session: AsyncSession, access: OrgAccess) -> dict[str, Any]:
-    """``OrgDetailResponse`` for a caller whose access was just resolved."""
-    org = (await session.execute(_ORG_DETAIL, {"org": access.org_id})).one()
-    return {
-        "id": access.org_id,
-        "name": org.name,
-        "org_type": org.org_type,
-        "user_role": access.role,
-        "members": org.members,
-        "graphs": org.graphs,
-        "limits": None if org.max_graphs is None else {"max_graphs": org.max_graphs},
-        "created_at": org.created_at,
-        "updated_at": org.updated_at,
-    }
+_ORG_DETAIL_SQL = compile_for_psycopg(_ORG_DETAIL_JSON)
+
+
+async def org_detail(session: AsyncSession, access: OrgAccess) -> str:
+    """``OrgDetailResponse`` (JSON text) in the request's unit of work, after a change it made."""
+    return str((await session.execute(_ORG_DETAIL_JSON, {"org": access.org_id, "role": access.role})).scalar_one())
+
+
+async def read_org_detail(reads: ReadPool, access: OrgAccess) -> str:
+    """``OrgDetailResponse`` (JSON text) for a plain read, on the read pool."""
+    return str(await reads.fetch_value(_ORG_DETAIL_SQL, {"org": access.org_id, "role": access.role}))
 
 
 async def reload_access(session: AsyncSession, principal: Principal, org_id: str) -> OrgAccess:
-    return await authorize(session, principal, org_id, Action.VIEW_ORG)
+    return await authorize(session, principal, org_id, Action.VIEW_ORG, fresh=True)
 
 
 # --- create / update ---------------------------------------------------------------------------
@@ -191,7 +181,7 @@ async def reload_access(session: AsyncSession, principal: Principal, org_id: str
 
 async def create_org(
     session: AsyncSession, services: AppServices, principal: Principal, *, name: str, org_type: str
-) -> dict[str, Any]:
+) -> str:
     settings = services.settings
     if org_type == "personal":
         raise Unprocessable("A personal organization is created with the account", code="invalid_org_type")
@@ -226,7 +216,10 @@ async def create_org(
         insert(OrgLimits).values(id=new_id("olim"), org_id=org_id, max_graphs=settings.org_graphs_default_limit)
     )
     await record_org_event(
-        session, org_id, OrgEvent.ORG_CREATED, actor_user_id=principal.user_id,
+        session,
+        org_id,
+        OrgEvent.ORG_CREATED,
+        actor_user_id=principal.user_id,
         details={"name": name, "org_type": org_type},
     )
     return await org_detail(session, await reload_access(session, principal, org_id))
@@ -234,7 +227,7 @@ async def create_org(
 
 async def update_org(
     session: AsyncSession, principal: Principal, org_id: str, *, name: str | None, org_type: str | None
-) -> dict[str, Any]:
+) -> str:
     access = await lock_and_authorize(session, principal, org_id, Action.UPDATE_ORG)
     changes: dict[str, list[str]] = {}
     if org_type is not None and org_type != access.org_type:
@@ -293,9 +286,7 @@ async def blocking_subscriptions(session: AsyncSession, org_id: str) -> list[str
     return reasons
 
 
-async def delete_org(
-    session: AsyncSession, services: AppServices, principal: Principal, org_id: str
-) -> dict[str, Any]:
+async def delete_org(session: AsyncSession, services: AppServices, principal: Principal, org_id: str) -> dict[str, Any]:
     access = await lock_and_authorize(session, principal, org_id, Action.DELETE_ORG)
     if access.org_type == "personal":
         raise personal_org_conflict("be deleted")
@@ -308,14 +299,19 @@ async def delete_org(
         )
     deleted_at = (
         await session.execute(
-            update(Org).where(Org.id == org_id).values(deleted_at=func.now(), updated_at=func.now())
+            update(Org)
+            .where(Org.id == org_id)
+            .values(deleted_at=func.now(), updated_at=func.now())
             .returning(Org.deleted_at)
         )
     ).scalar_one()
     assert deleted_at is not None
     grace = timedelta(days=services.settings.org_deletion_grace_days)
     await record_org_event(
-        session, org_id, OrgEvent.ORG_DELETED, actor_user_id=principal.user_id,
+        session,
+        org_id,
+        OrgEvent.ORG_DELETED,
+        actor_user_id=principal.user_id,
         details={"restorable_until": (deleted_at + grace).isoformat()},
     )
     return {
@@ -348,7 +344,11 @@ async def list_deleted_orgs(
 
 
 async def restore_org(
-    session: AsyncSession, org_id: str, *, grace_days: int, actor_user_id: str | None = None,
+    session: AsyncSession,
+    org_id: str,
+    *,
+    grace_days: int,
+    actor_user_id: str | None = None,
     reason: str | None = None,
 ) -> dict[str, Any]:
     """Undo a soft delete within the grace period (operator action: admin API / CLI)."""
@@ -361,7 +361,10 @@ async def restore_org(
         raise Conflict("The restore window of this organization has passed", code="restore_window_passed")
     await session.execute(update(Org).where(Org.id == org_id).values(deleted_at=None, updated_at=func.now()))
     await record_org_event(
-        session, org_id, OrgEvent.ORG_RESTORED, actor_user_id=actor_user_id,
+        session,
+        org_id,
+        OrgEvent.ORG_RESTORED,
+        actor_user_id=actor_user_id,
         details={"deleted_at": row.deleted_at.isoformat(), "reason": reason or "", "by": "operator"},
     )
     return {"id": org_id, "restored": True, "was_deleted_at": row.deleted_at}
@@ -409,7 +412,10 @@ async def purge_deleted_orgs(
         try:
             async with session.begin_nested():
                 await record_org_event(
-                    session, r.id, OrgEvent.ORG_PURGED, actor_user_id=None,
+                    session,
+                    r.id,
+                    OrgEvent.ORG_PURGED,
+                    actor_user_id=None,
                     details={"name": r.name, "deleted_at": r.deleted_at.isoformat()},
                 )
                 await session.execute(delete(Org).where(Org.id == r.id))

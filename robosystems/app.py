@@ -27,7 +27,7 @@ from robosystems.billing.router import offering_router as billing_offering_route
 from robosystems.billing.router import pages_router as billing_pages_router
 from robosystems.billing.router import router as billing_router
 from robosystems.config import Settings, get_settings
-from robosystems.db import ReadPool, make_async_engine, make_async_sessionmaker, make_sync_engine
+from robosystems.db import StatementPool, make_async_engine, make_async_sessionmaker, make_sync_engine
 from robosystems.errors import install_error_handlers
 from robosystems.graphs.admin_router import router as graphs_admin_router
 from robosystems.graphs.router import operations_router as graph_operations_router
@@ -77,8 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.robosystems_data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_async_engine(settings)
         maker = make_async_sessionmaker(engine)
-        reads = ReadPool(settings)
-        await reads.open()
+        statements_pool = StatementPool(settings)
+        await statements_pool.open()
         services = AppServices(
             settings=settings,
             engine=engine,
@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             hasher=PasswordHashing(settings),
             tokens=TokenCodec(settings),
             limiter=RateLimiter(settings),
-            reads=reads,
+            statements_pool=statements_pool,
         )
         app.state.services = services
         app.state.sessionmaker = maker
@@ -109,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await asyncio.to_thread(worker.stop)
             if sync_engine is not None:
                 sync_engine.dispose()
-            await reads.close()
+            await statements_pool.close()
             await engine.dispose()
 
     app = FastAPI(

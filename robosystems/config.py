@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=20, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
     db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
-    db_read_pool_size: int = Field(default=10, ge=1)
+    db_statement_pool_size: int = Field(default=10, ge=1)
     db_statement_timeout_ms: int = Field(default=15000, ge=0)
 
     # --- redis ---------------------------------------------------------------------------

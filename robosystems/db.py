@@ -99,26 +99,28 @@ def libpq_url(url: str) -> str:
 
 def compile_for_psycopg(statement: ClauseElement) -> bytes:
     """Compile a SQLAlchemy statement once, at import, into the SQL psycopg runs (``%(name)s``
-    placeholders), for :class:`ReadPool`."""
+    placeholders), for :class:`StatementPool`."""
     from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
     return str(statement.compile(dialect=PGDialect_psycopg())).encode()  # type: ignore[no-untyped-call]
 
 
-class ReadPool:
-    """Autocommit psycopg connections (``psycopg_pool``) for the hottest single-statement reads:
-    the principal lookup on every authenticated request and the org reads.
+class StatementPool:
+    """Autocommit psycopg connections (``psycopg_pool``) for the hottest single-statement work: the
+    principal lookup on every authenticated request, the org reads and the webhook inbox insert
+    (one statement is one atomic transaction: committed, and durable, when it returns).
 
     Why not the SQLAlchemy engine: measured in-process, one statement through the async engine
     (checkout, greenlet bridge, execution context, result objects) costs ~0.43 ms of CPU against
     ~0.14 ms through a psycopg pool; on a one-process API that CPU is the request rate.  The
     statements are still written with SQLAlchemy and compiled once (:func:`compile_for_psycopg`).
-    Reads only: nothing here is part of the request's unit of work.  A connection that can't be
+    Nothing here is part of a request's unit of work: a statement run here must be complete on its own
+    (a read, or one self-contained write such as the inbox's ``INSERT … RETURNING``).  A connection that can't be
     had within ``DB_POOL_TIMEOUT_SECONDS`` (server down) surfaces as 503 database_unavailable.
     """
 
     def __init__(self, settings: Settings) -> None:
-        size = settings.db_read_pool_size
+        size = settings.db_statement_pool_size
         self._pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             libpq_url(resolve_database_url(settings)),
             min_size=min(2, size),
@@ -126,7 +128,7 @@ class ReadPool:
             timeout=settings.db_pool_timeout_seconds,
             kwargs={"autocommit": True, **_connect_args(settings)},
             open=False,
-            name="robosystems-reads",
+            name="robosystems-statements",
         )
         #: statements run so far (tests count round trips with it)
         self.statements = 0

@@ -138,7 +138,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(sa_exc.OperationalError)
     @app.exception_handler(sa_exc.InterfaceError)
     @app.exception_handler(sa_exc.TimeoutError)
-    @app.exception_handler(psycopg.OperationalError)  # the read pool (robosystems.db.ReadPool) runs psycopg itself
+    @app.exception_handler(psycopg.OperationalError)  # robosystems.db.StatementPool runs psycopg itself
     @app.exception_handler(psycopg.InterfaceError)
     @app.exception_handler(psycopg_pool.PoolTimeout)
     async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:

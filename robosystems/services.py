@@ -11,7 +11,7 @@ from robosystems.auth.passwords import PasswordHashing
 from robosystems.auth.ratelimit import RateLimiter
 from robosystems.auth.tokens import TokenCodec
 from robosystems.config import Settings
-from robosystems.db import ReadPool
+from robosystems.db import StatementPool
 
 
 @dataclass
@@ -22,8 +22,8 @@ class AppServices:
     hasher: PasswordHashing
     tokens: TokenCodec
     limiter: RateLimiter
-    #: autocommit psycopg pool for hot single-statement reads (see ReadPool)
-    reads: ReadPool
+    #: autocommit psycopg pool for hot single-statement work (see StatementPool)
+    statements_pool: StatementPool
 
 
 async def get_services(request: Request) -> AppServices:

@@ -220,17 +220,17 @@ async def test_list_orgs_is_one_statement_whatever_the_number_of_orgs(
         statements.append(statement)
 
     engine = app.state.services.engine.sync_engine
-    reads = app.state.services.reads
+    pool = app.state.services.statements_pool
 
     async def statements_for_list() -> int:
         statements.clear()
-        before = reads.statements
+        before = pool.statements
         event.listen(engine, "before_cursor_execute", record)
         try:
             assert (await client.get("/v1/orgs", headers=owner.auth)).status_code == 200
         finally:
             event.remove(engine, "before_cursor_execute", record)
-        return len(statements) + reads.statements - before
+        return len(statements) + pool.statements - before
 
     few = await statements_for_list()
     for i in range(8):
@@ -293,7 +293,7 @@ async def test_org_reads_rendered_by_postgres_equal_pydantics_rendering(
         statements.append(statement)
 
     engine = app.state.services.engine.sync_engine
-    before = app.state.services.reads.statements
+    before = app.state.services.statements_pool.statements
     event.listen(engine, "before_cursor_execute", record)
     try:
         detail = await client.get(f"/v1/orgs/{setup.org_id}", headers=setup.member.auth)
@@ -302,7 +302,7 @@ async def test_org_reads_rendered_by_postgres_equal_pydantics_rendering(
     assert detail.status_code == 200
     assert detail.headers["content-type"] == "application/json"
     # principal + live membership in the org (one statement), then the detail; no transaction
-    assert statements == [] and app.state.services.reads.statements - before == 2
+    assert statements == [] and app.state.services.statements_pool.statements - before == 2
     listing = await client.get("/v1/orgs", headers=setup.member.auth)
     assert listing.status_code == 200
 

@@ -106,9 +106,9 @@ async def _principal_from_token(token: str, services: AppServices, request: Requ
         )
         raise Unauthorized("Invalid token", code="invalid_token") from exc
     membership_org_id = membership_org_id or claims.org_id
-    # One read, no transaction, on the read pool (see ReadPool); the request's own session, if
+    # One read, no transaction, on the statement pool (see StatementPool); the request's own session, if
     # the handler uses one, starts its transaction after this.
-    row = await services.reads.fetch_one(
+    row = await services.statements_pool.fetch_one(
         _PRINCIPAL_SQL,
         {
             "session_id": claims.session_id,

@@ -71,7 +71,7 @@ def _ua(request: Request) -> str | None:
 
 @router.get("", response_model=OrgListResponse)
 async def list_user_orgs(principal: CurrentPrincipal, svc: Services, limit: Limit = 50, offset: Offset = 0) -> JSONText:
-    return JSONText(await service.list_orgs_json(svc.reads, principal.user_id, limit=limit, offset=offset))
+    return JSONText(await service.list_orgs_json(svc.statements_pool, principal.user_id, limit=limit, offset=offset))
 
 
 @router.post("", status_code=201, response_model=OrgDetailResponse)
@@ -82,7 +82,7 @@ async def create_org(body: CreateOrgRequest, principal: CurrentPrincipal, db: Db
 
 @router.get("/{org_id}", response_model=OrgDetailResponse)
 async def get_org(access: ViewOrgAccess, svc: Services) -> JSONText:
-    return JSONText(await service.read_org_detail(svc.reads, access))
+    return JSONText(await service.read_org_detail(svc.statements_pool, access))
 
 
 @router.put("/{org_id}", response_model=OrgDetailResponse)

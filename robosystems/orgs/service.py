@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from robosystems.auth.deps import Principal
-from robosystems.db import ReadPool, compile_for_psycopg
+from robosystems.db import StatementPool, compile_for_psycopg
 from robosystems.errors import AppError, Conflict, Forbidden, NotFound, Unprocessable
 from robosystems.ids import new_id
 from robosystems.models import LIVE_SUBSCRIPTION_STATUSES, Org, OrgLimits, OrgUser, User
@@ -120,9 +120,9 @@ _LIST_ORGS_JSON = text(
 _LIST_ORGS_SQL = compile_for_psycopg(_LIST_ORGS_JSON)
 
 
-async def list_orgs_json(reads: ReadPool, user_id: str, *, limit: int, offset: int) -> str:
+async def list_orgs_json(pool: StatementPool, user_id: str, *, limit: int, offset: int) -> str:
     """``OrgListResponse`` (JSON text) of the caller's active memberships in live orgs."""
-    return str(await reads.fetch_value(_LIST_ORGS_SQL, {"user": user_id, "limit": limit, "offset": offset}))
+    return str(await pool.fetch_value(_LIST_ORGS_SQL, {"user": user_id, "limit": limit, "offset": offset}))
 
 
 #: ``OrgDetailResponse`` as JSON text, one statement: the org row, its active members and its
@@ -167,9 +167,9 @@ async def org_detail(session: AsyncSession, access: OrgAccess) -> str:
     return str((await session.execute(_ORG_DETAIL_JSON, {"org": access.org_id, "role": access.role})).scalar_one())
 
 
-async def read_org_detail(reads: ReadPool, access: OrgAccess) -> str:
-    """``OrgDetailResponse`` (JSON text) for a plain read, on the read pool."""
-    return str(await reads.fetch_value(_ORG_DETAIL_SQL, {"org": access.org_id, "role": access.role}))
+async def read_org_detail(pool: StatementPool, access: OrgAccess) -> str:
+    """``OrgDetailResponse`` (JSON text) for a plain read, on the statement pool."""
+    return str(await pool.fetch_value(_ORG_DETAIL_SQL, {"org": access.org_id, "role": access.role}))
 
 
 async def reload_access(session: AsyncSession, principal: Principal, org_id: str) -> OrgAccess:

@@ -47,8 +47,8 @@ async def _refuse_signature(services: AppServices, request: Request, reason: str
 
 @router.post("/admin/v1/webhooks/stripe", response_model=WebhookAck, include_in_schema=False)
 async def receive_stripe_webhook(request: Request) -> WebhookAck:
-    # Hot path: no dependencies (the sync Services dependency would hop through the thread pool) and a Core
-    # connection instead of an ORM session; service.receive commits before this returns (2xx = stored).
+    # Hot path: no dependencies and one autocommit statement on the statement pool instead of an ORM
+    # session; service.receive has committed when it returns (2xx = stored).
     services: AppServices = request.app.state.services
     settings = services.settings
     await services.limiter.hit(settings.webhook_rate_limit_per_ip, "webhook", current_client_ip() or "unknown")
@@ -60,5 +60,5 @@ async def receive_stripe_webhook(request: Request) -> WebhookAck:
         verify.verify(body, request.headers.get("stripe-signature"), secrets, settings.stripe_webhook_tolerance_seconds)
     except verify.SignatureInvalid as exc:
         raise await _refuse_signature(services, request, exc.reason) from None
-    received = await service.receive(services.engine, body, service.parse_event(body))
+    received = await service.receive(services.statements_pool, body, service.parse_event(body))
     return WebhookAck(id=received.event_id, duplicate=received.duplicate)

@@ -1,12 +1,13 @@
 """Stripe webhook inbox: receive -> verify -> persist (+ outbox) -> 2xx; then apply in a worker.
 
-Receive (API, async, hot path — Core statements only):
+Receive (API, async, hot path — one statement, no ORM):
   raw body (capped) -> ``Stripe-Signature`` verified on it -> JSON parsed by us (not the SDK's object tree)
   -> ONE statement ``WITH ins AS (INSERT INTO webhook_events … ON CONFLICT (id) DO NOTHING RETURNING id)
   INSERT INTO task_outbox … SELECT … FROM ins``: a new event and its outbox row are written together, a
-  redelivery (also 20 concurrent ones: they wait on the first insert's row lock) writes nothing.  That
-  transaction (a Core connection from the API's async engine: cheaper than an ORM session on this hot path)
-  commits before the handler returns, so 2xx means "durably stored"; then the relay is woken.
+  redelivery (also 20 concurrent ones: they wait on the first insert's row lock) writes nothing.  The
+  statement runs in autocommit on the statement pool (robosystems.db.StatementPool: one atomic transaction,
+  committed synchronously, without BEGIN/COMMIT round trips) before the handler returns, so 2xx means
+  "durably stored"; then the relay is woken.
 
 Apply (worker, sync — :func:`process_event`, the ONE code path for the Celery task and the in-process runner):
   1. claim: ``received`` (or ``processing`` older than WEBHOOK_STALE_SECONDS: a crashed run) -> ``processing``,
@@ -26,12 +27,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 from sqlalchemy import and_, delete, func, or_, select, text, update
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from robosystems.db import after_commit
+from robosystems.db import StatementPool, after_commit, compile_for_psycopg
 from robosystems.errors import AppError, BadRequest, NotFound, ServiceUnavailable
 from robosystems.ids import new_id
 from robosystems.models import TaskOutbox, WebhookEvent
@@ -149,6 +149,7 @@ _INSERT_SQL = text(
     RETURNING id
     """
 )
+_INSERT = compile_for_psycopg(_INSERT_SQL)
 
 
 @dataclass(frozen=True)
@@ -172,20 +173,17 @@ def _insert_params(body: bytes, event: ParsedEvent) -> dict[str, Any]:
     }
 
 
-async def receive(engine: AsyncEngine, body: bytes, event: ParsedEvent) -> Received:
-    """Persist a verified event and its outbox row in ONE committed transaction (a redelivery writes nothing).
+async def receive(pool: StatementPool, body: bytes, event: ParsedEvent) -> Received:
+    """Persist a verified event and its outbox row in ONE statement (autocommit: one atomic, synchronously
+    committed transaction; a redelivery writes nothing).
 
     Returns only after the commit: the caller's 2xx means "durably stored".  The relay is woken afterwards.
     """
     try:
-        async with engine.begin() as conn:
-            inserted = (await conn.execute(_INSERT_SQL, _insert_params(body, event))).scalar_one_or_none()
-    except (DataError, IntegrityError) as exc:  # e.g. a \u0000 in the JSON: not storable as jsonb
+        inserted = await pool.fetch_value(_INSERT, _insert_params(body, event))
+    except (psycopg.DataError, psycopg.IntegrityError) as exc:  # e.g. a \u0000 in the JSON: not storable as jsonb
         raise InvalidPayload() from exc
-    except DBAPIError as exc:
-        log.warning("webhook %s not stored: database unavailable (%s)", event.id, type(exc.orig).__name__)
-        raise ServiceUnavailable("Database unavailable; retry later", code="database_unavailable") from exc
-    except (OSError, PoolTimeout) as exc:  # pool exhausted / connection refused before the driver saw it
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:  # also PoolTimeout: server down / no slot
         log.warning("webhook %s not stored: database unavailable (%s)", event.id, type(exc).__name__)
         raise ServiceUnavailable("Database unavailable; retry later", code="database_unavailable") from exc
     if inserted is None:

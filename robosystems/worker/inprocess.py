@@ -163,8 +163,9 @@ class BackgroundWorker:
         if free <= 0:
             return False  # a finishing run wakes the loop
         known = registered_task_names()
-        outbox.flag_unknown(self.ctx.engine, known)
-        rows = outbox.claim(self.ctx.engine, limit=free, lease_seconds=self.dispatcher.lease_seconds, known=known)
+        rows = outbox.claim(
+            self.ctx.engine, limit=free, lease_seconds=self.dispatcher.lease_seconds, known=known, all_known=known
+        )
         for row in rows:
             self._submit(partial(self._run_row, row), row.id)
         return len(rows) >= free

@@ -114,10 +114,32 @@ class OutboxRow:
     attempts: int
 
 
-def claim(engine: Engine, *, limit: int, lease_seconds: float, known: Iterable[str]) -> list[OutboxRow]:
-    """Lease up to ``limit`` due rows of known tasks (own short transaction)."""
+def _flag_unknown_stmt(known: Sequence[str]) -> Any:
+    return (
+        update(TaskOutbox)
+        .where(
+            TaskOutbox.status == "pending",
+            TaskOutbox.task_name.not_in(list(known)),
+            TaskOutbox.last_error.is_distinct_from(UNKNOWN_TASK_ERROR),
+        )
+        .values(last_error=UNKNOWN_TASK_ERROR)
+    )
+
+
+def claim(
+    engine: Engine,
+    *,
+    limit: int,
+    lease_seconds: float,
+    known: Iterable[str],
+    all_known: Iterable[str] | None = None,
+) -> list[OutboxRow]:
+    """Lease up to ``limit`` due rows of the tasks in ``known`` (own short transaction), noting first, in the
+    same transaction, why pending rows of tasks outside ``all_known`` wait (see :func:`flag_unknown`)."""
     known = list(known)
     if limit <= 0 or not known:
+        if all_known is not None:
+            flag_unknown(engine, all_known)
         return []
     due = (
         select(TaskOutbox.id)
@@ -138,6 +160,8 @@ def claim(engine: Engine, *, limit: int, lease_seconds: float, known: Iterable[s
     )
     with engine.begin() as conn:
         conn.execute(_ASYNC_COMMIT)
+        if all_known is not None:
+            conn.execute(_flag_unknown_stmt(list(all_known)))
         rows = sorted(conn.execute(stmt).all(), key=lambda r: (r.created_at, r.id))
     return [OutboxRow(r.id, r.task_name, list(r.args or []), r.attempts) for r in rows]
 
@@ -145,24 +169,20 @@ def claim(engine: Engine, *, limit: int, lease_seconds: float, known: Iterable[s
 def flag_unknown(engine: Engine, known: Iterable[str]) -> int:
     """Note on pending rows of unregistered tasks why they wait (they stay pending)."""
     with engine.begin() as conn:
-        result = conn.execute(
-            update(TaskOutbox)
-            .where(
-                TaskOutbox.status == "pending",
-                TaskOutbox.task_name.not_in(list(known)),
-                TaskOutbox.last_error.is_distinct_from(UNKNOWN_TASK_ERROR),
-            )
-            .values(last_error=UNKNOWN_TASK_ERROR)
-        )
+        result = conn.execute(_flag_unknown_stmt(list(known)))
         return int(result.rowcount or 0)
 
 
-def settle_sent(engine: Engine, row_id: str) -> None:
+def settle_sent(engine: Engine, row_ids: str | Sequence[str]) -> None:
+    """Mark rows ``sent`` (one statement for a whole published batch)."""
+    ids = [row_ids] if isinstance(row_ids, str) else list(row_ids)
+    if not ids:
+        return
     with engine.begin() as conn:
         conn.execute(_ASYNC_COMMIT)
         conn.execute(
             update(TaskOutbox)
-            .where(TaskOutbox.id == row_id, TaskOutbox.status == "pending")
+            .where(TaskOutbox.id.in_(ids), TaskOutbox.status == "pending")
             .values(status="sent", sent_at=func.now(), last_error=None)
         )
 
@@ -207,6 +227,10 @@ class Dispatcher(Protocol):
         """Hand the row's task off and settle the row."""
         ...
 
+    def run_batch(self, engine: Engine, rows: Sequence[OutboxRow]) -> None:
+        """Hand every row's task off and settle the rows."""
+        ...
+
 
 class CeleryDispatcher:
     """Publish to the broker; the row is ``sent`` once the broker accepted the message."""
@@ -219,14 +243,22 @@ class CeleryDispatcher:
         self.lease_seconds = lease_seconds
 
     def run(self, engine: Engine, row: OutboxRow) -> None:
-        try:
-            self.app.send_task(row.task_name, args=row.args, task_id=row.id, retry=False)
-        except Exception as exc:  # noqa: BLE001 - broker down: keep the row, try again later
-            delay = backoff_seconds(self.settings, row.attempts)
-            log.warning("outbox %s: publish failed (%s); retry in %.0fs", row.id, type(exc).__name__, delay)
-            settle_retry(engine, row.id, delay, f"publish failed: {safe_error(exc)}")
-            return
-        settle_sent(engine, row.id)
+        self.run_batch(engine, [row])
+
+    def run_batch(self, engine: Engine, rows: Sequence[OutboxRow]) -> None:
+        sent: list[str] = []
+        for row in rows:
+            try:
+                # ignore_result: nobody waits on an AsyncResult (the database records what happened); without it
+                # the client subscribes to a result channel per task (a Redis round trip, and a leak).
+                self.app.send_task(row.task_name, args=row.args, task_id=row.id, retry=False, ignore_result=True)
+            except Exception as exc:  # noqa: BLE001 - broker down: keep the row, try again later
+                delay = backoff_seconds(self.settings, row.attempts)
+                log.warning("outbox %s: publish failed (%s); retry in %.0fs", row.id, type(exc).__name__, delay)
+                settle_retry(engine, row.id, delay, f"publish failed: {safe_error(exc)}")
+                continue
+            sent.append(row.id)
+        settle_sent(engine, sent)
 
 
 class InlineDispatcher:
@@ -235,6 +267,10 @@ class InlineDispatcher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.lease_seconds = float(settings.task_lease_seconds)
+
+    def run_batch(self, engine: Engine, rows: Sequence[OutboxRow]) -> None:
+        for row in rows:
+            self.run(engine, row)
 
     def run(self, engine: Engine, row: OutboxRow) -> None:
         from robosystems.worker.celery_app import celery_app
@@ -277,11 +313,9 @@ def known_tasks() -> frozenset[str]:
 def drain(engine: Engine, dispatcher: Dispatcher, *, limit: int = 100, only: Iterable[str] | None = None) -> int:
     """Claim and dispatch one batch of due rows (of the tasks in ``only`` when given); returns how many."""
     known = known_tasks()
-    flag_unknown(engine, known)
     selected = known if only is None else known & frozenset(only)
-    rows = claim(engine, limit=limit, lease_seconds=dispatcher.lease_seconds, known=selected)
-    for row in rows:
-        dispatcher.run(engine, row)
+    rows = claim(engine, limit=limit, lease_seconds=dispatcher.lease_seconds, known=selected, all_known=known)
+    dispatcher.run_batch(engine, rows)
     return len(rows)
 
 

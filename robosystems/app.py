@@ -97,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.embedded_worker:
             sync_engine = make_sync_engine(settings, pool_size=1, max_overflow=1)
             background.append(asyncio.create_task(delivery_loop(settings, sync_engine, stop)))
-            worker = start_background_worker(settings)  # in-process worker (no broker) or outbox relay
+            worker = start_background_worker(settings)  # in-process worker, relay (OUTBOX_RELAY=api) or None
         log.info("robosystems %s ready (environment=%s)", __version__, settings.environment)
         try:
             yield

@@ -133,6 +133,8 @@ class Settings(BaseSettings):
     task_retry_backoff_max_seconds: float = Field(default=120.0, gt=0)
     task_lease_seconds: int = Field(default=900, ge=10)  # in-process runs: an unfinished claim is retried after
     outbox_poll_interval_seconds: float = Field(default=1.0, gt=0)
+    outbox_relay: Literal["worker", "api"] = "worker"  # with a broker: which process relays committed outbox rows
+    worker_nice: int = Field(default=10, ge=0, le=19)  # `robosystems worker` runs at this lower CPU priority
     outbox_batch_size: int = Field(default=100, ge=1)
     embedded_worker_concurrency: int = Field(default=2, ge=1)
     embedded_worker_nice: int = Field(default=10, ge=0, le=19)  # in-process task threads yield the CPU to the API

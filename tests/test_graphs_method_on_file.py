@@ -188,6 +188,60 @@ async def test_invoice_billing_waits_for_the_invoice_to_be_paid(
     assert read.status_code == 200 and read.json()["data"] == [{"name": "Microsoft"}]
 
 
+async def test_operator_marking_the_invoice_paid_provisions_once(
+    paid_app: App, worker: WorkerContext, sync_engine: Engine
+) -> None:
+    """Invoice billing paid by wire: the operator's mark-paid is the payment confirmation (provisioning in the
+    same transaction); the provider's later invoice.paid for the same invoice provisions nothing more."""
+    app, client = paid_app
+    owner = await person(client, "wired")
+    patched = await client.patch(
+        f"/admin/v1/customers/{owner.personal_org_id}",
+        json={"invoice_billing_enabled": True, "payment_terms": "net_30", "reason": "enterprise contract"},
+        headers=ADMIN,
+    )
+    assert patched.status_code == 200, patched.text
+    created = await create_graph(client, owner, key="wired-1")
+    assert created.status_code == 202, created.text
+    sub_id = created.json()["subscription_id"]
+    provider = local(worker)
+    provider_sub = provider.store.get("subscriptions", sub_row(sync_engine, sub_id)["provider_subscription_id"])
+    await deliver(app, provider, provider_sub["object"]["id"])
+    run_all(worker)
+    invoice = row(sync_engine, "SELECT id, status FROM billing_invoices WHERE subscription_id = :s", s=sub_id)
+    assert invoice["status"] == "open" and sub_row(sync_engine, sub_id)["status"] == "pending_payment"
+
+    marked = await client.post(
+        f"/admin/v1/invoices/{invoice['id']}/mark-paid",
+        json={"reason": "wire transfer received", "payment_reference": "WIRE-77"},
+        headers=ADMIN,
+    )
+    assert marked.status_code == 200, marked.text
+    assert marked.json()["status"] == "paid"
+    assert sub_row(sync_engine, sub_id)["status"] == "provisioning"
+    assert count(sync_engine, PROVISION_TASKS) == 1
+    audit = row(
+        sync_engine,
+        "SELECT actor_type, reason FROM billing_audit_logs WHERE subscription_id = :s AND event_type = :e",
+        s=sub_id,
+        e="subscription_provisioning",
+    )
+    assert audit["actor_type"] == "admin" and "marked paid" in audit["reason"]
+    assert run_all(worker) >= 1
+    sub = sub_row(sync_engine, sub_id)
+    assert sub["status"] == "active" and sub["resource_id"]
+
+    # marking it again, and the provider's own invoice.paid afterwards, change nothing
+    again = await client.post(f"/admin/v1/invoices/{invoice['id']}/mark-paid", json={"reason": "again"}, headers=ADMIN)
+    assert again.status_code == 200
+    provider.pay_invoice(provider_sub["object"]["latest_invoice"])
+    await deliver(app, provider, provider_sub["object"]["id"])
+    run_all(worker)
+    assert count(sync_engine, PROVISION_TASKS) == 1
+    assert count(sync_engine, "SELECT count(*) FROM graphs WHERE org_id = :o", o=owner.personal_org_id) == 1
+    assert sub_row(sync_engine, sub_id)["status"] == "active"
+
+
 async def test_no_method_and_no_invoice_billing_still_needs_checkout(
     paid_app: App, worker: WorkerContext, sync_engine: Engine
 ) -> None:

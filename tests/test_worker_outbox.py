@@ -278,6 +278,70 @@ async def test_redis_down_during_a_webhook_is_processed_when_it_returns(
         _forget_queue(queue)
 
 
+@pytest.mark.slow
+async def test_the_worker_relays_the_outbox_woken_by_notify(
+    wh: Any, sync_engine: Engine, database_url: str, tmp_path: Path
+) -> None:
+    """OUTBOX_RELAY=worker (default): the API only stores and acknowledges (no relay in it); the relay in
+    ``robosystems worker``'s main process is woken by the NOTIFY of the inbox insert -- the poll is 120 s here,
+    so the event being applied within seconds proves the wake-up -- publishes, and its pool applies it."""
+    _, client = wh
+    queue = f"rs-test-{secrets.token_hex(4)}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/13",
+        "CELERY_QUEUE": queue,
+        "OUTBOX_POLL_INTERVAL_SECONDS": "120",
+        "ENVIRONMENT": "test",
+        "ROBOSYSTEMS_DATA_DIR": str(tmp_path),
+        "JWT_SECRET_KEY": "worker-test-" + "j" * 40,
+        "LOG_JSON": "false",
+    }
+    worker = subprocess.Popen(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "robosystems.cli", "worker", "--pool", "solo", "--concurrency", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    try:
+        assert worker.stdout is not None
+        ready = threading.Event()
+
+        def read() -> None:
+            assert worker.stdout is not None
+            for line in worker.stdout:
+                lines.append(line)
+                if "background worker started (mode=relay" in line:
+                    ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        assert ready.wait(60), "".join(lines[-30:])
+        assert wait_for(
+            lambda: count(sync_engine, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN robosystems%'")
+            >= 1,
+            timeout=15,
+        )
+        evt = event("customer.subscription.updated", subscription_obj("sub_notified", "cus_notified", "active"))
+        assert (await post_event(client, evt)).status_code == 200
+        assert wait_for(lambda: event_row(sync_engine, evt["id"])["status"] == "ignored", timeout=20), "".join(
+            lines[-30:]
+        )
+        assert one(sync_engine, "SELECT status FROM task_outbox").status == "sent"
+        assert event_row(sync_engine, evt["id"])["attempts"] == 1
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+        _forget_queue(queue)
+
+
 def test_task_registry_and_beat_schedule_name_the_tasks() -> None:
     names = registered_task_names()
     schedule = celery_app.conf.beat_schedule

@@ -265,7 +265,18 @@ async def get_invoice(session: AsyncSession, invoice_id: str) -> dict[str, Any]:
 
 
 async def mark_invoice_paid(session: AsyncSession, invoice_id: str, body: MarkPaid) -> dict[str, Any]:
-    await invoices.mark_paid_async(
+    """Mark an invoice paid by hand (wire transfer, cheque).  When it is the invoice of a subscription still
+    awaiting its first payment without a checkout (invoice billing / method on file), that payment is the
+    confirmation: the subscription moves to ``provisioning`` and the provisioning task is enqueued in this
+    same transaction, exactly as the provider's ``invoice.paid`` would do (whichever comes first wins; the
+    other finds it no longer pending)."""
+    sub_id = (
+        await session.execute(select(BillingInvoice.subscription_id).where(BillingInvoice.id == invoice_id))
+    ).scalar_one_or_none()
+    if sub_id is not None:
+        # subscription before invoice: the webhook worker locks them in this order too (no deadlock)
+        await session.run_sync(lambda s: subs.lock_subscription(s, sub_id))
+    invoice = await invoices.mark_paid_async(
         session,
         invoice_id,
         paid_at=body.paid_at,
@@ -275,6 +286,19 @@ async def mark_invoice_paid(session: AsyncSession, invoice_id: str, body: MarkPa
         actor=ADMIN,
         reason=body.reason,
     )
+    if sub_id is not None and invoice.status == "paid":
+        sub = await session.run_sync(lambda s: subs.lock_subscription(s, sub_id))
+        if sub.status == "pending_payment" and sub.provider_checkout_session_id is None:
+            result = await subs.apply_transition_async(
+                session,
+                sub.id,
+                "provisioning",
+                actor=ADMIN,
+                reason=f"payment confirmed: invoice {invoice.invoice_number} marked paid",
+                data={"invoice_id": invoice.id},
+            )
+            if result.changed:
+                await enqueue_async(session, PROVISION_GRAPH_TASK, [sub.id])
     return await get_invoice(session, invoice_id)
 
 

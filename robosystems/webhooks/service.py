@@ -143,10 +143,12 @@ _INSERT_SQL = text(
                 CAST(:payload AS jsonb))
         ON CONFLICT (id) DO NOTHING
         RETURNING id
+    ), queued AS (
+        INSERT INTO task_outbox (id, task_name, args)
+        SELECT :outbox_id, :task_name, jsonb_build_array(ins.id) FROM ins
+        RETURNING id
     )
-    INSERT INTO task_outbox (id, task_name, args)
-    SELECT :outbox_id, :task_name, jsonb_build_array(ins.id) FROM ins
-    RETURNING id
+    SELECT queued.id, pg_notify('robosystems_outbox', '') FROM queued  -- delivered at commit: wakes the relay
     """
 )
 _INSERT = compile_for_psycopg(_INSERT_SQL)

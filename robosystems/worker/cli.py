@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
 
-from robosystems.config import ConfigError, get_settings
+from robosystems.config import ConfigError, Settings, get_settings
 
 
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
+
+
+def _relay_in_this_worker(settings: Settings) -> None:
+    """OUTBOX_RELAY=worker: run the outbox relay (LISTEN/NOTIFY) in the worker's main process while it runs."""
+    from celery import signals
+
+    from robosystems.worker.inprocess import BackgroundWorker, start_worker_relay
+
+    running: list[BackgroundWorker] = []
+
+    def started(**_: object) -> None:
+        relay = start_worker_relay(settings)
+        if relay is not None:
+            running.append(relay)
+
+    def stopping(**_: object) -> None:
+        while running:
+            running.pop().stop()
+
+    signals.worker_ready.connect(started, weak=False)
+    signals.worker_shutdown.connect(stopping, weak=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -37,6 +59,9 @@ def register(app: typer.Typer) -> None:
             _fail("no broker: set CELERY_BROKER_URL or REDIS_URL (without one, `robosystems serve` runs tasks itself)")
         configure_logging(settings.log_level, settings.log_json)
         resolve_database_url(settings)
+        if settings.worker_nice > 0 and hasattr(os, "nice"):
+            os.nice(settings.worker_nice)  # inherited by the pool's children: on a shared host the API goes first
+        _relay_in_this_worker(settings)
         celery_app.worker_main(
             [
                 "worker",

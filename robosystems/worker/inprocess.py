@@ -1,4 +1,4 @@
-"""Background work inside ``robosystems serve``: the outbox relay, and without a broker the worker itself.
+"""Background work: without a broker the worker itself (inside ``robosystems serve``), with one the outbox relay.
 
 Two modes, one thread each (plus a small pool for in-process runs):
 
@@ -7,9 +7,14 @@ Two modes, one thread each (plus a small pool for in-process runs):
   ``TASK_LEASE_SECONDS``) and runs the registered Celery task objects directly in a thread pool of
   ``EMBEDDED_WORKER_CONCURRENCY``; a row becomes ``sent`` only when its task has finished.  The periodic
   entries of :mod:`robosystems.worker.schedule` (sweeps, pruning, reconciliation) run in the same pool.
-* **Broker configured**: the thread only relays committed outbox rows to the broker right after commit
-  (woken by :func:`robosystems.worker.outbox.notify`) and every ``OUTBOX_POLL_INTERVAL_SECONDS``;
-  ``robosystems worker`` processes run the tasks.
+* **Broker configured**: the thread only relays committed outbox rows to the broker, woken at once and every
+  ``OUTBOX_POLL_INTERVAL_SECONDS``; ``robosystems worker`` processes run the tasks.  Where it runs is
+  ``OUTBOX_RELAY``: ``worker`` (default) — in the main process of every ``robosystems worker``, woken by
+  ``LISTEN robosystems_outbox`` (every enqueueing transaction NOTIFYs it; PostgreSQL delivers at commit), so
+  the API process only stores and acknowledges; ``api`` — inside ``serve``, woken in-process after commit
+  (:func:`robosystems.worker.outbox.notify`).  Several relays share the rows through ``SKIP LOCKED``.
+  Measured with ``bench/webhooks.py``: publishing from the API process made it compete with its own requests
+  for the GIL (p99 ack 334 ms in a bad run at 200 events/s); relaying in the worker took that work off it.
 
 Why not a Celery worker thread on the in-memory transport: the memory transport loses every queued
 message when the process stops (a webhook acknowledged to Stripe would then depend on the sweeper), a
@@ -54,8 +59,13 @@ Mode = Literal["inline", "relay"]
 
 
 class BackgroundWorker:
-    def __init__(self, settings: Settings, *, engine: Engine | None = None, mode: Mode | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, engine: Engine | None = None, mode: Mode | None = None, listen: bool = False
+    ) -> None:
         self.settings = settings
+        #: also wake on ``NOTIFY robosystems_outbox`` from other processes (the relay inside ``robosystems worker``)
+        self.listen = listen
+        self._listener: threading.Thread | None = None
         self.mode: Mode = mode or ("relay" if broker_url(settings) else "inline")
         self.ctx = context.configure(settings, engine)
         self._own_engine = engine is None
@@ -96,6 +106,9 @@ class BackgroundWorker:
         outbox.add_listener(self.wake)
         self._thread = threading.Thread(target=self._loop, name=f"robosystems-outbox-{self.mode}", daemon=True)
         self._thread.start()
+        if self.listen:
+            self._listener = threading.Thread(target=self._listen_loop, name="robosystems-outbox-listen", daemon=True)
+            self._listener.start()
         log.info(
             "background worker started (mode=%s, concurrency=%s)",
             self.mode,
@@ -121,6 +134,8 @@ class BackgroundWorker:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._listener is not None:
+            self._listener.join(timeout)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             with self._lock:
@@ -149,6 +164,29 @@ class BackgroundWorker:
             if not more:
                 self._wake.wait(timeout=self.settings.outbox_poll_interval_seconds)
                 self._wake.clear()
+
+    def _listen_loop(self) -> None:
+        """LISTEN on the outbox channel (own autocommit connection) and wake the loop per notification; reconnect
+        with backoff when the server goes away (the poll keeps rows moving meanwhile)."""
+        import psycopg
+
+        from robosystems.db import libpq_url, resolve_database_url
+
+        url = libpq_url(resolve_database_url(self.settings))
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {outbox.NOTIFY_CHANNEL}")
+                    self.wake()  # whatever was committed while nobody listened
+                    delay = 1.0
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self.wake()
+            except Exception as exc:  # noqa: BLE001 - keep listening; the poll covers the gap
+                log.warning("outbox listener: %s; reconnecting in %.0fs", type(exc).__name__, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 30.0)
 
     def _inflight(self) -> int:
         with self._lock:
@@ -222,6 +260,18 @@ class BackgroundWorker:
             self._submit(partial(task, *entry.args), "")
 
 
-def start_background_worker(settings: Settings) -> BackgroundWorker:
-    """Start the in-process worker (no broker) or the outbox relay (broker) for ``serve``."""
+def start_background_worker(settings: Settings) -> BackgroundWorker | None:
+    """For ``serve``: the in-process worker (no broker), or the outbox relay when a broker is configured and
+    ``OUTBOX_RELAY=api``; None with a broker and ``OUTBOX_RELAY=worker`` (each ``robosystems worker`` relays)."""
+    if broker_url(settings) and settings.outbox_relay == "worker":
+        log.info("outbox relay: in the worker processes (OUTBOX_RELAY=worker)")
+        return None
     return BackgroundWorker(settings).start()
+
+
+def start_worker_relay(settings: Settings) -> BackgroundWorker | None:
+    """For ``robosystems worker``: the outbox relay in the worker's main process, woken by NOTIFY
+    (``OUTBOX_RELAY=worker``, the default); None when ``serve`` relays instead."""
+    if settings.outbox_relay != "worker":
+        return None
+    return BackgroundWorker(settings, mode="relay", listen=True).start()

@@ -1,8 +1,10 @@
 """Transactional outbox: work for the broker is written in the transaction that needs it and
 relayed only after that transaction commits.
 
-* :func:`enqueue` / :func:`enqueue_async` insert a ``task_outbox`` row in the caller's unit of work
-  and register an after-commit hook that wakes this process's relay (:func:`notify`).  A rolled-back
+* :func:`enqueue` / :func:`enqueue_async` insert a ``task_outbox`` row in the caller's unit of work,
+  ``NOTIFY robosystems_outbox`` in it (PostgreSQL delivers it at commit: relays in other processes
+  LISTEN, see :mod:`robosystems.worker.inprocess`) and register an after-commit hook that wakes this
+  process's relay (:func:`notify`).  A rolled-back
   transaction leaves no row and sends nothing; a committed one is delivered even if the broker is
   down at that moment (the row stays ``pending`` and is retried with backoff, forever).
 * :func:`drain` claims due rows with ``FOR UPDATE SKIP LOCKED`` and a lease (``next_attempt_at``
@@ -42,6 +44,10 @@ from robosystems.worker.retry import RetryLater, backoff_seconds, safe_error
 log = logging.getLogger("robosystems.worker.outbox")
 
 UNKNOWN_TASK_ERROR = "unknown task: no loaded module registers it; kept pending"
+#: PostgreSQL NOTIFY channel: every transaction that enqueues work notifies it (delivered at commit, once per
+#: transaction), so a relay in another process (``robosystems worker``) wakes at once instead of polling.
+NOTIFY_CHANNEL = "robosystems_outbox"
+_NOTIFY = select(func.pg_notify(NOTIFY_CHANNEL, ""))
 # Claims and settlements are bookkeeping: losing the last few in a database crash only re-runs a task (they are
 # idempotent), so they commit without waiting for the WAL flush; the work a task does commits synchronously.
 _ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
@@ -90,6 +96,7 @@ def enqueue(session: Session, task_name: str, args: Sequence[Any] = (), *, delay
     """Add a task to ``session``'s unit of work; it is relayed after commit.  Returns the row id."""
     row_id, stmt = _insert(task_name, args, delay_seconds)
     session.execute(stmt)
+    session.execute(_NOTIFY)
     after_commit(session, notify)
     return row_id
 
@@ -99,6 +106,7 @@ async def enqueue_async(
 ) -> str:
     row_id, stmt = _insert(task_name, args, delay_seconds)
     await session.execute(stmt)
+    await session.execute(_NOTIFY)
     after_commit(session, notify)
     return row_id
 

@@ -278,6 +278,53 @@ async def test_redis_down_during_a_webhook_is_processed_when_it_returns(
         _forget_queue(queue)
 
 
+def _start_worker(database_url: str, queue: str, data_dir: Path, *args: str, **env: str) -> tuple[Any, list[str]]:
+    """``robosystems worker`` (real subprocess) on the shared Redis; returns once its outbox relay is listening."""
+    full_env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/13",
+        "CELERY_QUEUE": queue,
+        "ENVIRONMENT": "test",
+        "ROBOSYSTEMS_DATA_DIR": str(data_dir),
+        "JWT_SECRET_KEY": "worker-test-" + "j" * 40,
+        "LOG_JSON": "false",
+        **env,
+    }
+    worker = subprocess.Popen(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "robosystems.cli", "worker", *args],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert worker.stdout is not None
+        for line in worker.stdout:
+            lines.append(line)
+            if "background worker started (mode=relay" in line:
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if not ready.wait(60):
+        _stop_worker(worker)
+        raise AssertionError("worker did not start its relay:\n" + "".join(lines[-30:]))
+    return worker, lines
+
+
+def _stop_worker(worker: Any) -> None:
+    os.killpg(worker.pid, signal.SIGTERM)
+    try:
+        worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+
+
 @pytest.mark.slow
 async def test_the_worker_relays_the_outbox_woken_by_notify(
     wh: Any, sync_engine: Engine, database_url: str, tmp_path: Path
@@ -287,42 +334,14 @@ async def test_the_worker_relays_the_outbox_woken_by_notify(
     so the event being applied within seconds proves the wake-up -- publishes, and its pool applies it."""
     _, client = wh
     queue = f"rs-test-{secrets.token_hex(4)}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/13",
-        "CELERY_QUEUE": queue,
-        "OUTBOX_POLL_INTERVAL_SECONDS": "120",
-        "ENVIRONMENT": "test",
-        "ROBOSYSTEMS_DATA_DIR": str(tmp_path),
-        "JWT_SECRET_KEY": "worker-test-" + "j" * 40,
-        "LOG_JSON": "false",
-    }
-    worker = subprocess.Popen(  # noqa: S603 - our own CLI
-        [sys.executable, "-m", "robosystems.cli", "worker", "--pool", "solo", "--concurrency", "1"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    worker, lines = _start_worker(
+        database_url, queue, tmp_path, "--pool", "solo", "--concurrency", "1", OUTBOX_POLL_INTERVAL_SECONDS="120"
     )
-    lines: list[str] = []
     try:
-        assert worker.stdout is not None
-        ready = threading.Event()
-
-        def read() -> None:
-            assert worker.stdout is not None
-            for line in worker.stdout:
-                lines.append(line)
-                if "background worker started (mode=relay" in line:
-                    ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        assert ready.wait(60), "".join(lines[-30:])
         assert wait_for(
-            lambda: count(sync_engine, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN robosystems%'")
-            >= 1,
+            lambda: (
+                count(sync_engine, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN robosystems%'") >= 1
+            ),
             timeout=15,
         )
         evt = event("customer.subscription.updated", subscription_obj("sub_notified", "cus_notified", "active"))
@@ -333,12 +352,32 @@ async def test_the_worker_relays_the_outbox_woken_by_notify(
         assert one(sync_engine, "SELECT status FROM task_outbox").status == "sent"
         assert event_row(sync_engine, evt["id"])["attempts"] == 1
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        _stop_worker(worker)
+        _forget_queue(queue)
+
+
+@pytest.mark.slow
+async def test_the_threads_pool_keeps_up_with_a_burst(
+    wh: Any, sync_engine: Engine, database_url: str, tmp_path: Path
+) -> None:
+    """``--pool threads`` with late acks and prefetch 1 used to apply ~2.6 tasks/s (an ack waited for the
+    consumer's next wake-up); with the event-loop tick 40 events are applied in a few seconds."""
+    _, client = wh
+    events = [
+        event("customer.subscription.updated", subscription_obj(f"sub_thr{i}", f"cus_thr{i}", "active"))
+        for i in range(40)
+    ]
+    for evt in events:
+        assert (await post_event(client, evt)).status_code == 200
+    queue = f"rs-test-{secrets.token_hex(4)}"
+    worker, lines = _start_worker(database_url, queue, tmp_path, "--pool", "threads", "--concurrency", "2")
+    try:
+        applied = "SELECT count(*) FROM webhook_events WHERE status = 'ignored'"
+        assert wait_for(lambda: count(sync_engine, applied) == len(events), timeout=8), (
+            f"{count(sync_engine, applied)} of {len(events)} applied after 8 s\n" + "".join(lines[-20:])
+        )
+    finally:
+        _stop_worker(worker)
         _forget_queue(queue)
 
 

@@ -36,12 +36,29 @@ def _relay_in_this_worker(settings: Settings) -> None:
     signals.worker_shutdown.connect(stopping, weak=False)
 
 
+def _prompt_acks_with_threads_pool() -> None:
+    """``--pool threads``: tick the consumer's event loop every 50 ms.
+
+    With the threads pool a finished task's late ack is only flushed when the consumer's event loop next wakes,
+    and with nothing else to do it sleeps on the broker socket for seconds; with prefetch 1 the next message is
+    not fetched before that ack, so a burst crawled at ~2.6 tasks/s (bench/webhooks.py; celery/celery#6941).
+    A periodic no-op timer bounds the wait."""
+    from celery import signals
+
+    def started(sender: object = None, **_: object) -> None:
+        timer = getattr(sender, "timer", None)
+        if timer is not None:
+            timer.call_repeatedly(0.05, lambda: None)
+
+    signals.worker_ready.connect(started, weak=False)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def worker(
         concurrency: Annotated[int, typer.Option(help="Worker processes/threads")] = 2,
         pool: Annotated[
-            str, typer.Option(help="prefork (recommended) | solo | threads (stalls under bursts with kombu 5.6)")
+            str, typer.Option(help="prefork (recommended) | solo | threads")
         ] = "prefork",
         loglevel: Annotated[str, typer.Option(help="Log level")] = "INFO",
     ) -> None:
@@ -62,6 +79,8 @@ def register(app: typer.Typer) -> None:
         if settings.worker_nice > 0 and hasattr(os, "nice"):
             os.nice(settings.worker_nice)  # inherited by the pool's children: on a shared host the API goes first
         _relay_in_this_worker(settings)
+        if pool == "threads":
+            _prompt_acks_with_threads_pool()
         celery_app.worker_main(
             [
                 "worker",

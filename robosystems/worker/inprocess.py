@@ -86,6 +86,8 @@ class BackgroundWorker:
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> BackgroundWorker:
         registered_task_names()  # import the feature task modules once, up front
+        if self.mode == "inline":
+            self._warm_up()
         try:
             self._api_loop = asyncio.get_running_loop()  # started from the API's lifespan
         except RuntimeError:
@@ -115,6 +117,25 @@ class BackgroundWorker:
             self.concurrency if self.mode == "inline" else 0,
         )
         return self
+
+    def _warm_up(self) -> None:
+        """Pay the first run's one-off costs now, before the API serves: the lazily imported handler modules,
+        ORM mapper configuration and the worker engine's first connections.  Paid inside the first task
+        instead, they held the GIL for ~150 ms in the middle of a burst (bench/webhooks.py: the worst 1 % of
+        acknowledgements were that one stall)."""
+        import importlib
+
+        from sqlalchemy import text
+        from sqlalchemy.orm import configure_mappers
+
+        for module in ("robosystems.webhooks.handlers", "robosystems.graphs.provisioning"):
+            importlib.import_module(module)
+        configure_mappers()
+        try:
+            with self.ctx.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception:  # noqa: BLE001 - a database that is down now is retried by the loop
+            log.warning("background worker warm-up: database unavailable")
 
     def _lower_priority(self) -> None:
         """Background work yields the CPU to the API (Linux applies nice values per thread)."""

@@ -10,6 +10,7 @@ endpoint) and the in-process worker's code path, as in tests/test_e2e_purchase.p
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from robosystems.graphs import service as graph_service
 from robosystems.payments.factory import get_provider
 from robosystems.payments.local import LocalPaymentProvider
 from robosystems.payments.stripe_provider import StripeProvider
+from robosystems.webhooks.verify import sign
 from robosystems.worker.context import WorkerContext
 from tests.graphs_support import ADMIN_KEY, SETTINGS, _real_backend, create_graph, query, row, run_all, sub_row, worker
 from tests.helpers import count
@@ -240,6 +242,48 @@ async def test_operator_marking_the_invoice_paid_provisions_once(
     assert count(sync_engine, PROVISION_TASKS) == 1
     assert count(sync_engine, "SELECT count(*) FROM graphs WHERE org_id = :o", o=owner.personal_org_id) == 1
     assert sub_row(sync_engine, sub_id)["status"] == "active"
+
+
+async def test_an_event_with_a_truncated_line_list_gets_every_line_from_the_provider(
+    paid_app: App, worker: WorkerContext, sync_engine: Engine
+) -> None:
+    """Stripe embeds the first page of an invoice's lines in the event (``lines.has_more``): the handler lists
+    every line from the provider, so the local invoice is complete."""
+    _app, client = paid_app
+    owner = await person(client, "paged")
+    patched = await client.patch(
+        f"/admin/v1/customers/{owner.personal_org_id}",
+        json={"invoice_billing_enabled": True, "reason": "enterprise contract"},
+        headers=ADMIN,
+    )
+    assert patched.status_code == 200, patched.text
+    created = await create_graph(client, owner, key="paged-1")
+    assert created.status_code == 202, created.text
+    sub_id = created.json()["subscription_id"]
+    provider = local(worker)
+    provider_sub_id = sub_row(sync_engine, sub_id)["provider_subscription_id"]
+    finalized = next(e for e in provider.subscription_events(provider_sub_id) if e["type"] == "invoice.finalized")
+    provider_lines = finalized["data"]["object"]["lines"]["data"]
+    assert len(provider_lines) == 1
+
+    truncated = json.loads(json.dumps(finalized))
+    truncated["id"] = "evt_truncated_lines_1"
+    truncated["data"]["object"]["lines"]["data"] = []
+    truncated["data"]["object"]["lines"]["has_more"] = True
+    body = json.dumps(truncated)
+    posted = await client.post(
+        WEBHOOK_PATH,
+        content=body,
+        headers={"Stripe-Signature": sign(body, provider.signing_secret), "Content-Type": "application/json"},
+    )
+    assert posted.status_code == 200, posted.text
+    run_all(worker)
+    invoice = row(sync_engine, "SELECT id, status FROM billing_invoices WHERE subscription_id = :s", s=sub_id)
+    assert invoice["status"] == "open"
+    lines = "SELECT line_metadata->>'provider_line_id' AS line FROM billing_invoice_line_items WHERE invoice_id = :i"
+    with sync_engine.connect() as conn:
+        stored = [r.line for r in conn.execute(text(lines), {"i": invoice["id"]})]
+    assert stored == [provider_lines[0]["id"]]
 
 
 async def test_no_method_and_no_invoice_billing_still_needs_checkout(

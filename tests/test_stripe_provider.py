@@ -231,6 +231,25 @@ def test_subscription_retrieve_cancel_and_refund(stripe_provider: StripeProvider
         stripe_provider.retrieve_subscription("sub_missing")
 
 
+def test_invoice_lines_lists_the_invoice_lines(stripe_provider: StripeProvider) -> None:
+    """The line listing used when an event's invoice says ``lines.has_more`` (localstripe implements neither
+    multi-item subscriptions nor ``starting_after``, so one page here; the loop stops on a page adding nothing)."""
+    customer = stripe_provider.create_customer(org_id="org_l", name=None, email=None, idempotency_key="customer:l")
+    stripe_provider.attach_payment_method(
+        customer_id=customer, payment_method_id=_card(stripe_provider), idempotency_key="pm:l"
+    )
+    stripe_provider.client.v1.plans.create(
+        {"id": "plan-lines", "amount": 4900, "currency": "usd", "interval": "month", "product": {"name": "Kuzu"}}
+    )
+    sub = stripe_provider.client.v1.subscriptions.create({"customer": customer, "items": [{"plan": "plan-lines"}]})
+    invoice = stripe_provider.client.v1.invoices.retrieve(str(sub.latest_invoice)).to_dict()
+    lines = stripe_provider.invoice_lines(str(invoice["id"]))
+    assert [(line["id"], line["amount"]) for line in lines] == [
+        (line["id"], line["amount"]) for line in invoice["lines"]["data"]
+    ]
+    assert [line["amount"] for line in lines] == [4900]
+
+
 def test_portal_session(stripe_provider: StripeProvider) -> None:
     customer = stripe_provider.create_customer(org_id="org_p", name=None, email=None, idempotency_key="customer:p")
     url = stripe_provider.create_portal_session(customer_id=customer, return_url="http://app.test/")

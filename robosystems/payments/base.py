@@ -144,6 +144,10 @@ class PaymentProvider(Protocol):
         """Current state at the provider (reconciliation)."""
         ...
 
+    def invoice_lines(self, invoice_id: str) -> list[dict[str, Any]]:
+        """Every line item of a provider invoice, all pages (an event embeds only the first page)."""
+        ...
+
     def create_subscription(
         self,
         *,

@@ -367,6 +367,10 @@ class LocalPaymentProvider:
     def retrieve_subscription(self, subscription_id: str) -> ProviderSubscription:
         return self._subscription_value(self.store.get("subscriptions", subscription_id)["object"])
 
+    def invoice_lines(self, invoice_id: str) -> list[dict[str, Any]]:
+        lines: list[dict[str, Any]] = self.store.get("invoices", invoice_id)["object"]["lines"]["data"]
+        return [dict(line) for line in lines]
+
     def create_subscription(
         self,
         *,

@@ -334,6 +334,27 @@ class StripeProvider:
         )
         return self.subscription_value(_plain(sub))
 
+    def invoice_lines(self, invoice_id: str) -> list[dict[str, Any]]:
+        lines: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        params: dict[str, Any] = {"limit": 100}
+        while True:
+            page = _plain(
+                self._call(
+                    "list_invoice_lines",
+                    lambda page_params=params: self.client.v1.invoices.line_items.list(  # type: ignore[misc]
+                        invoice_id,
+                        page_params,
+                    ),
+                )
+            )
+            fresh = [line for line in page.get("data") or [] if line.get("id") not in seen]
+            lines.extend(fresh)
+            seen.update(str(line.get("id")) for line in fresh)
+            if not page.get("has_more") or not fresh:  # (a server ignoring starting_after must not loop forever)
+                return lines
+            params = {"limit": 100, "starting_after": fresh[-1]["id"]}
+
     def retrieve_subscription(self, subscription_id: str) -> ProviderSubscription:
         sub = self._call("retrieve_subscription", lambda: self.client.v1.subscriptions.retrieve(subscription_id))
         return self.subscription_value(_plain(sub))

@@ -396,6 +396,18 @@ def subscription_changed(session: Session, ctx: WorkerContext, ev: Any) -> Outco
     return processed(note)
 
 
+def with_all_lines(ctx: WorkerContext, inv: dict[str, Any]) -> dict[str, Any]:
+    """An event embeds the first page of an invoice's lines (``lines.has_more``): fetch every line from the
+    provider then, so the local invoice is complete (a provider error is retried like any other)."""
+    lines = _mapping(inv.get("lines"))
+    if lines.get("has_more") is not True or not isinstance(inv.get("id"), str):
+        return inv
+    from robosystems.payments.factory import get_provider
+
+    every = get_provider(ctx.settings).invoice_lines(inv["id"])
+    return {**inv, "lines": {**lines, "data": every, "has_more": False}}
+
+
 def invoice_changed(session: Session, ctx: WorkerContext, ev: Any) -> Outcome:
     """``invoice.finalized|paid|payment_succeeded|payment_failed``: local invoice upserted; credits once per paid
     invoice; ``past_due`` on a failed payment, back to ``active`` on a paid one."""
@@ -418,7 +430,7 @@ def invoice_changed(session: Session, ctx: WorkerContext, ev: Any) -> Outcome:
         if found is None:
             return ignored("unknown_customer")
         org_id = found
-    local = invoices.upsert_from_provider(session, org_id, inv, actor=SYSTEM)
+    local = invoices.upsert_from_provider(session, org_id, with_all_lines(ctx, inv), actor=SYSTEM)
     notes: list[str] = []
     if sub is None:
         return processed("invoice_without_subscription")

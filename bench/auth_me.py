@@ -41,6 +41,7 @@ from common import (  # noqa: E402 - run as a script from any directory
     ensure_wrk,
     free_port,
     install_signal_handlers,
+    load_arguments,
     log,
     machine_load,
     median_result,
@@ -61,12 +62,7 @@ from robosystems.config import Settings  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-c", "--connections", type=int, default=32, help="concurrent connections (default 32)")
-    p.add_argument("-d", "--duration", type=float, default=10.0, help="measured seconds per target (default 10)")
-    p.add_argument("-t", "--threads", type=int, default=1, help="wrk threads (default 1: 2-core machine)")
-    p.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per target before measuring")
-    p.add_argument("--rounds", type=int, default=1, help="alternate baseline/ours this many times; median reported")
+    p = load_arguments(__doc__)
     p.add_argument("--goal", type=float, default=0.6, help="required ratio ours/baseline (requests/s)")
     p.add_argument(
         "--max-error-rate",
@@ -74,27 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.001,
         help="abort when a run has more errors/non-2xx than this fraction (default 0.001)",
     )
-    p.add_argument(
-        "--admin-url",
-        default=None,
-        help="PostgreSQL server for the scratch DB (default: BENCH_ADMIN_URL, DATABASE_URL or local postgres)",
-    )
-    p.add_argument("--port", type=int, default=0, help="port for robosystems (default: a free one)")
     p.add_argument("--baseline-port", type=int, default=0, help="port for the baseline app (default: a free one)")
     p.add_argument(
         "--embedded-worker", action="store_true", help="run ours with the in-process worker (the no-servers default)"
     )
-    p.add_argument("--python-load", action="store_true", help="use the asyncio+httpx generator instead of wrk")
-    p.add_argument("--no-install", action="store_true", help="don't apt-get install wrk when missing")
-    p.add_argument(
-        "--profile",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="after measuring, profile each target with py-spy for --duration seconds under the same "
-        "load (DIR/<target>/profile.collapsed)",
-    )
-    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
     return p.parse_args(argv)
 
 

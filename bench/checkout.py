@@ -48,6 +48,7 @@ from common import (  # noqa: E402 - run as a script from any directory
     db_backend_pids,
     ensure_wrk,
     install_signal_handlers,
+    load_arguments,
     log,
     median_result,
     print_profile,
@@ -70,29 +71,8 @@ CHECKOUT_BODY = json.dumps(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-c", "--connections", type=int, default=32, help="concurrent connections (default 32)")
-    p.add_argument("-d", "--duration", type=float, default=10.0, help="measured seconds per target (default 10)")
-    p.add_argument("-t", "--threads", type=int, default=1, help="wrk threads (default 1: 2-core machine)")
-    p.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per target before measuring")
-    p.add_argument("--rounds", type=int, default=1, help="cycle through the targets this many times; median reported")
+    p = load_arguments(__doc__)
     p.add_argument("--goal", type=float, default=0.4, help="required ratio target/me for status and replay")
-    p.add_argument(
-        "--admin-url",
-        default=None,
-        help="PostgreSQL server for the scratch DB (default: BENCH_ADMIN_URL, DATABASE_URL or local postgres)",
-    )
-    p.add_argument("--port", type=int, default=0, help="port for robosystems (default: a free one)")
-    p.add_argument("--python-load", action="store_true", help="use the asyncio+httpx generator instead of wrk")
-    p.add_argument("--no-install", action="store_true", help="don't apt-get install wrk when missing")
-    p.add_argument(
-        "--profile",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="after measuring, profile each target with py-spy under the same load",
-    )
-    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
     return p.parse_args(argv)
 
 

@@ -20,6 +20,7 @@ Signals: :func:`install_signal_handlers` turns SIGTERM/SIGHUP into ``SystemExit`
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -64,6 +65,36 @@ def run_script(main: Callable[[], int]) -> None:
     except Exception as exc:  # noqa: BLE001 - one readable line for a harness failure
         print(f"bench error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def load_arguments(description: str | None, *, server: bool = True) -> argparse.ArgumentParser:
+    """The options every load benchmark shares (connections, duration, wrk threads, warm-up, rounds, load
+    generator, JSON output; with ``server``: scratch-DB server, port, wrk install, py-spy profile).  Each script
+    adds its own (``--goal`` …) to the parser it gets back."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--connections", type=int, default=32, help="concurrent connections (default 32)")
+    p.add_argument("-d", "--duration", type=float, default=10.0, help="measured seconds per target (default 10)")
+    p.add_argument("-t", "--threads", type=int, default=1, help="wrk threads (default 1: 2-core machine)")
+    p.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per target before measuring")
+    p.add_argument("--rounds", type=int, default=1, help="cycle through the targets this many times; median reported")
+    p.add_argument("--python-load", action="store_true", help="use the asyncio+httpx generator instead of wrk")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
+    if server:
+        p.add_argument(
+            "--admin-url",
+            default=None,
+            help="PostgreSQL server for the scratch DB (default: BENCH_ADMIN_URL, DATABASE_URL or local postgres)",
+        )
+        p.add_argument("--port", type=int, default=0, help="port for robosystems (default: a free one)")
+        p.add_argument("--no-install", action="store_true", help="don't apt-get install wrk when missing")
+        p.add_argument(
+            "--profile",
+            type=Path,
+            default=None,
+            metavar="DIR",
+            help="after measuring, profile each target with py-spy under load (DIR/<target>/profile.collapsed)",
+        )
+    return p
 
 
 def install_signal_handlers() -> None:

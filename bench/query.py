@@ -22,7 +22,6 @@ Exit status: 0 measured, 2 harness error.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -43,6 +42,7 @@ from common import (  # noqa: E402
     ensure_wrk,
     free_port,
     install_signal_handlers,
+    load_arguments,
     log,
     machine_load,
     median_result,
@@ -78,15 +78,8 @@ def provisioned_graph(base_url: str, auth: dict[str, str], timeout_s: float = 12
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-c", "--connections", type=int, default=32)
-    p.add_argument("-d", "--duration", type=float, default=10.0)
-    p.add_argument("-t", "--threads", type=int, default=1)
-    p.add_argument("--warmup", type=float, default=3.0)
-    p.add_argument("--rounds", type=int, default=1)
+    p = load_arguments(__doc__, server=False)
     p.add_argument("--cost", default="1", help="QUERY_CREDIT_COST for the run (default 1)")
-    p.add_argument("--python-load", action="store_true")
-    p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     install_signal_handlers()
     load_at_start = machine_load()

@@ -97,12 +97,13 @@ def libpq_url(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+_PSYCOPG_DIALECT = make_url("postgresql+psycopg://").get_dialect()()
+
+
 def compile_for_psycopg(statement: ClauseElement) -> bytes:
     """Compile a SQLAlchemy statement once, at import, into the SQL psycopg runs (``%(name)s``
     placeholders), for :class:`StatementPool`."""
-    from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
-
-    return str(statement.compile(dialect=PGDialect_psycopg())).encode()  # type: ignore[no-untyped-call]
+    return str(statement.compile(dialect=_PSYCOPG_DIALECT)).encode()
 
 
 class StatementPool:

@@ -36,7 +36,6 @@ from robosystems.models.billing import (
 from robosystems.orgs import service as org_service
 from robosystems.worker.outbox import enqueue_async
 
-PROVISION_GRAPH_TASK = "robosystems.graphs.provision_graph"
 ADMIN = Actor.admin()
 
 
@@ -154,7 +153,7 @@ async def patch_subscription(session: AsyncSession, sub_id: str, patch: Subscrip
         result = await subs.apply_transition_async(session, sub.id, patch.status, actor=ADMIN, reason=patch.reason)
         sub = result.subscription
         if result.changed and patch.status == "provisioning":
-            await enqueue_async(session, PROVISION_GRAPH_TASK, [sub.id])
+            await enqueue_async(session, subs.PROVISION_GRAPH_TASK, [sub.id])
     if patch.cancel_at_period_end is not None and patch.cancel_at_period_end != sub.cancel_at_period_end:
         sub.cancel_at_period_end = patch.cancel_at_period_end
         sub.updated_at = datetime.now(UTC)
@@ -273,9 +272,8 @@ async def mark_invoice_paid(session: AsyncSession, invoice_id: str, body: MarkPa
     sub_id = (
         await session.execute(select(BillingInvoice.subscription_id).where(BillingInvoice.id == invoice_id))
     ).scalar_one_or_none()
-    if sub_id is not None:
-        # subscription before invoice: the webhook worker locks them in this order too (no deadlock)
-        await session.run_sync(lambda s: subs.lock_subscription(s, sub_id))
+    # subscription before invoice: the webhook worker locks them in this order too (no deadlock)
+    sub = None if sub_id is None else await session.run_sync(lambda s: subs.lock_subscription(s, sub_id))
     invoice = await invoices.mark_paid_async(
         session,
         invoice_id,
@@ -286,19 +284,10 @@ async def mark_invoice_paid(session: AsyncSession, invoice_id: str, body: MarkPa
         actor=ADMIN,
         reason=body.reason,
     )
-    if sub_id is not None and invoice.status == "paid":
-        sub = await session.run_sync(lambda s: subs.lock_subscription(s, sub_id))
-        if sub.status == "pending_payment" and sub.provider_checkout_session_id is None:
-            result = await subs.apply_transition_async(
-                session,
-                sub.id,
-                "provisioning",
-                actor=ADMIN,
-                reason=f"payment confirmed: invoice {invoice.invoice_number} marked paid",
-                data={"invoice_id": invoice.id},
-            )
-            if result.changed:
-                await enqueue_async(session, PROVISION_GRAPH_TASK, [sub.id])
+    if sub is not None and sub.status == "pending_payment" and sub.provider_checkout_session_id is None:
+        reason = f"payment confirmed: invoice {invoice.invoice_number} marked paid"
+        data = {"invoice_id": invoice.id}
+        await session.run_sync(lambda s: subs.confirm_payment(s, sub.id, actor=ADMIN, reason=reason, data=data))
     return await get_invoice(session, invoice_id)
 
 

@@ -91,8 +91,6 @@ def bearer_token(request: Request) -> str | None:
 
 
 async def _principal_from_token(token: str, services: AppServices, request: Request) -> Principal:
-    path_org = request.path_params.get("org_id")
-    membership_org_id = path_org if isinstance(path_org, str) and path_org else None
     try:
         claims = services.tokens.decode(token)
     except ExpiredToken as exc:
@@ -105,7 +103,8 @@ async def _principal_from_token(token: str, services: AppServices, request: Requ
             details={"path": request.url.path},
         )
         raise Unauthorized("Invalid token", code="invalid_token") from exc
-    membership_org_id = membership_org_id or claims.org_id
+    # the org the request is about: the route's {org_id}, else the token's org (a default, never a grant)
+    membership_org_id = request.path_params.get("org_id") or claims.org_id
     # One read, no transaction, on the statement pool (see StatementPool); the request's own session, if
     # the handler uses one, starts its transaction after this.
     row = await services.statements_pool.fetch_one(

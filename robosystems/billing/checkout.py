@@ -60,7 +60,6 @@ from robosystems.worker.outbox import enqueue_async
 
 log = logging.getLogger("robosystems.billing.checkout")
 
-PROVISION_GRAPH_TASK = "robosystems.graphs.provision_graph"
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 #: an abandoned checkout is expired this long after its session's expiry (a payment made in the
 #: last second at the provider still reaches us before the subscription is closed)
@@ -224,7 +223,7 @@ async def create_checkout(
             actor=actor,
             metadata={"billing_disabled": True},
         )
-        await enqueue_async(session, PROVISION_GRAPH_TASK, [sub.id])
+        await enqueue_async(session, subs.PROVISION_GRAPH_TASK, [sub.id])
         return _response(sub)
 
     sub, _ = await subs.create_subscription_async(

@@ -33,8 +33,12 @@ from robosystems.billing.audit import Actor, record_for_actor
 from robosystems.errors import Conflict, NotFound, Unprocessable
 from robosystems.ids import new_id
 from robosystems.models.billing import LIVE_SUBSCRIPTION_STATUSES, SUBSCRIPTION_STATUSES, BillingSubscription
+from robosystems.worker import outbox
 
 log = logging.getLogger("robosystems.billing.subscriptions")
+
+#: the graph provisioning task (registered in robosystems.graphs.tasks), named here for everything that requests it
+PROVISION_GRAPH_TASK = "robosystems.graphs.provision_graph"
 
 STATES: tuple[str, ...] = SUBSCRIPTION_STATUSES
 LIVE_STATES: tuple[str, ...] = LIVE_SUBSCRIPTION_STATUSES
@@ -204,6 +208,18 @@ def apply_transition(
         data={"from": from_state, "to": to_state, **(data or {})},
     )
     return TransitionResult(sub, changed=True)
+
+
+def confirm_payment(
+    session: Session, sub_id: str, *, actor: Actor | str | None, reason: str, data: dict[str, Any]
+) -> bool:
+    """Payment confirmed for a ``pending_payment`` subscription (locked by the caller): -> ``provisioning`` and
+    the provisioning task enqueued through the outbox in the same transaction, so exactly once per transition
+    (the provider's event or an operator's mark-paid, whichever comes first).  False when nothing changed."""
+    result = apply_transition(session, sub_id, "provisioning", actor=actor, reason=reason, data=data)
+    if result.changed:
+        outbox.enqueue(session, PROVISION_GRAPH_TASK, [sub_id])
+    return result.changed
 
 
 def transition(

@@ -65,7 +65,7 @@ from robosystems.worker.retry import RetryLater, backoff_seconds
 
 log = logging.getLogger("robosystems.graphs.provisioning")
 
-PROVISION_GRAPH_TASK = "robosystems.graphs.provision_graph"
+PROVISION_GRAPH_TASK = subs.PROVISION_GRAPH_TASK
 GRAPH_NAME_MAX = 200
 
 #: Columns added by revision a8b9c0d1e2f3 (Core only: the ORM model belongs to the billing domain).

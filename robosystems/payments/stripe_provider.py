@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import stripe
+from stripe.params import InvoiceLineItemListParams
 
 from robosystems.payments.base import (
     CheckoutRequest,
@@ -337,23 +338,23 @@ class StripeProvider:
     def invoice_lines(self, invoice_id: str) -> list[dict[str, Any]]:
         lines: list[dict[str, Any]] = []
         seen: set[str] = set()
-        params: dict[str, Any] = {"limit": 100}
+        after: str | None = None
         while True:
-            page = _plain(
-                self._call(
-                    "list_invoice_lines",
-                    lambda page_params=params: self.client.v1.invoices.line_items.list(  # type: ignore[misc]
-                        invoice_id,
-                        page_params,
-                    ),
-                )
-            )
+            page = self._invoice_lines_page(invoice_id, after)
             fresh = [line for line in page.get("data") or [] if line.get("id") not in seen]
             lines.extend(fresh)
             seen.update(str(line.get("id")) for line in fresh)
             if not page.get("has_more") or not fresh:  # (a server ignoring starting_after must not loop forever)
                 return lines
-            params = {"limit": 100, "starting_after": fresh[-1]["id"]}
+            after = str(fresh[-1]["id"])
+
+    def _invoice_lines_page(self, invoice_id: str, after: str | None) -> dict[str, Any]:
+        params: InvoiceLineItemListParams = {"limit": 100}
+        if after is not None:
+            params["starting_after"] = after
+        return _plain(
+            self._call("list_invoice_lines", lambda: self.client.v1.invoices.line_items.list(invoice_id, params))
+        )
 
     def retrieve_subscription(self, subscription_id: str) -> ProviderSubscription:
         sub = self._call("retrieve_subscription", lambda: self.client.v1.subscriptions.retrieve(subscription_id))

@@ -37,7 +37,6 @@ from robosystems.worker.retry import RetryLater, backoff_seconds
 
 log = logging.getLogger("robosystems.webhooks.handlers")
 
-PROVISION_GRAPH_TASK = "robosystems.graphs.provision_graph"
 PROCESS_EVENT_TASK = "robosystems.webhooks.process_event"
 PAID_CHECKOUT = frozenset({"paid", "no_payment_required"})
 GRANTABLE_STATES = frozenset({"active", "past_due", "unpaid"})
@@ -296,17 +295,10 @@ def _checkout_subscription(session: Session, ev: Any) -> tuple[BillingSubscripti
 
 
 def start_provisioning(session: Session, sub: BillingSubscription, ev: Any, data: dict[str, Any]) -> None:
-    """Payment confirmed for a ``pending_payment`` subscription (locked by the caller): -> provisioning, and the
-    provisioning task enqueued through the outbox in the same transaction (so exactly once per transition)."""
-    subs.apply_transition(
-        session,
-        sub.id,
-        "provisioning",
-        actor=SYSTEM,
-        reason=f"payment confirmed (stripe {ev.type})",
-        data={"event_id": ev.id, **data},
+    """Payment confirmed by the provider for a ``pending_payment`` subscription (see subs.confirm_payment)."""
+    subs.confirm_payment(
+        session, sub.id, actor=SYSTEM, reason=f"payment confirmed (stripe {ev.type})", data={"event_id": ev.id, **data}
     )
-    outbox.enqueue(session, PROVISION_GRAPH_TASK, [sub.id])
 
 
 def checkout_completed(session: Session, ctx: WorkerContext, ev: Any) -> Outcome:

@@ -46,9 +46,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Literal
 
+import psycopg
 from sqlalchemy import Engine
 
 from robosystems.config import Settings
+from robosystems.db import libpq_url, resolve_database_url
 from robosystems.worker import context, outbox
 from robosystems.worker.celery_app import broker_url, celery_app, registered_task_names
 from robosystems.worker.schedule import DRAIN_OUTBOX, entries
@@ -189,10 +191,6 @@ class BackgroundWorker:
     def _listen_loop(self) -> None:
         """LISTEN on the outbox channel (own autocommit connection) and wake the loop per notification; reconnect
         with backoff when the server goes away (the poll keeps rows moving meanwhile)."""
-        import psycopg
-
-        from robosystems.db import libpq_url, resolve_database_url
-
         url = libpq_url(resolve_database_url(self.settings))
         delay = 1.0
         while not self._stop.is_set():

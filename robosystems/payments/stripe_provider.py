@@ -16,7 +16,15 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import stripe
-from stripe.params import InvoiceLineItemListParams
+from stripe.params import (
+    CustomerCreateParams,
+    InvoiceLineItemListParams,
+    ProductCreateParams,
+    RefundCreateParams,
+    SubscriptionCreateParams,
+    SubscriptionCreateParamsItem,
+)
+from stripe.params.checkout import SessionCreateParams, SessionCreateParamsLineItem
 
 from robosystems.payments.base import (
     CheckoutRequest,
@@ -94,14 +102,14 @@ class StripeProvider:
     # --- PaymentProvider -----------------------------------------------------------------------
 
     def create_customer(self, *, org_id: str, name: str | None, email: str | None, idempotency_key: str) -> str:
-        params: dict[str, Any] = {"metadata": {"org_id": org_id}}
+        params: CustomerCreateParams = {"metadata": {"org_id": org_id}}
         if name:
             params["name"] = name
         if email:
             params["email"] = email
         customer = self._call(
             "create_customer",
-            lambda: self.client.v1.customers.create(params, {"idempotency_key": idempotency_key}),  # type: ignore[arg-type]
+            lambda: self.client.v1.customers.create(params, {"idempotency_key": idempotency_key}),
         )
         return str(customer.id)
 
@@ -113,7 +121,7 @@ class StripeProvider:
             **request.metadata,
         }
         if request.price_id:
-            line_item: dict[str, Any] = {"price": request.price_id, "quantity": 1}
+            line_item: SessionCreateParamsLineItem = {"price": request.price_id, "quantity": 1}
         else:
             line_item = {
                 "quantity": 1,
@@ -124,7 +132,7 @@ class StripeProvider:
                     "product_data": {"name": request.description, "metadata": {"plan_name": request.plan_name}},
                 },
             }
-        params: dict[str, Any] = {
+        params: SessionCreateParams = {
             "mode": "subscription",
             "line_items": [line_item],
             "client_reference_id": request.subscription_id,
@@ -141,7 +149,7 @@ class StripeProvider:
         session = self._call(
             "create_checkout_session",
             lambda: self.client.v1.checkout.sessions.create(
-                params,  # type: ignore[arg-type]
+                params,
                 {"idempotency_key": request.idempotency_key},
             ),
         )
@@ -208,14 +216,14 @@ class StripeProvider:
         metadata = {"invoice": invoice_id, "reason": reason[:200]}
         payment_intent, charge = self._invoice_payment(invoice)
         if invoice.get("amount_paid") and (payment_intent or charge):
-            params: dict[str, Any] = {"metadata": metadata}
+            params: RefundCreateParams = {"metadata": metadata}
             if payment_intent:
                 params["payment_intent"] = payment_intent
-            else:
+            elif charge:
                 params["charge"] = charge
             refund = self._call(
                 "refund_invoice",
-                lambda: self.client.v1.refunds.create(params, {"idempotency_key": idempotency_key}),  # type: ignore[arg-type]
+                lambda: self.client.v1.refunds.create(params, {"idempotency_key": idempotency_key}),
             )
             return str(refund.id)
         # Nothing charged through a payment (e.g. invoice billing): credit the customer's balance.
@@ -270,7 +278,7 @@ class StripeProvider:
             return product_id
         except ProviderObjectMissing:
             pass
-        params: dict[str, Any] = {
+        params: ProductCreateParams = {
             "id": product_id,
             "name": f"RoboSystems {plan_name}",
             "metadata": {"plan_name": plan_name},
@@ -279,7 +287,7 @@ class StripeProvider:
             self._call(
                 "create_product",
                 lambda: self.client.v1.products.create(
-                    params,  # type: ignore[arg-type]
+                    params,
                     {"idempotency_key": f"product:{plan_name}"},
                 ),
             )
@@ -304,7 +312,7 @@ class StripeProvider:
     ) -> ProviderSubscription:
         meta = {"plan_name": plan_name, **metadata}
         if price_id:
-            item: dict[str, Any] = {"price": price_id, "quantity": 1}
+            item: SubscriptionCreateParamsItem = {"price": price_id, "quantity": 1}
         else:
             item = {
                 "quantity": 1,
@@ -315,7 +323,7 @@ class StripeProvider:
                     "product": self._product_for_plan(plan_name),
                 },
             }
-        params: dict[str, Any] = {
+        params: SubscriptionCreateParams = {
             "customer": customer_id,
             "items": [item],
             "metadata": meta,
@@ -329,7 +337,7 @@ class StripeProvider:
         sub = self._call(
             "create_subscription",
             lambda: self.client.v1.subscriptions.create(
-                params,  # type: ignore[arg-type]
+                params,
                 {"idempotency_key": idempotency_key},
             ),
         )

@@ -25,11 +25,12 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import psycopg
-from sqlalchemy import and_, delete, func, or_, select, text, update
+from sqlalchemy import CursorResult, Delete, and_, delete, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from robosystems.db import StatementPool, after_commit, compile_for_psycopg
 from robosystems.errors import AppError, BadRequest, NotFound, ServiceUnavailable
@@ -469,19 +470,23 @@ def sweep_stale(ctx: WorkerContext) -> int:
     return len(ids)
 
 
+def _deleted(session: Session, stmt: Delete) -> int:
+    """Run a bulk DELETE; how many rows it removed (a DML statement's result is a CursorResult)."""
+    return cast(CursorResult[Any], session.execute(stmt)).rowcount
+
+
 def prune(ctx: WorkerContext) -> int:
     """Delete processed/ignored events older than WEBHOOK_EVENT_RETENTION_DAYS and old sent outbox rows."""
     cutoff = datetime.now(UTC) - timedelta(days=ctx.settings.webhook_event_retention_days)
     with ctx.maker.begin() as session:
-        events = session.execute(  # type: ignore[attr-defined]
+        events = _deleted(
+            session,
             delete(WebhookEvent).where(
                 WebhookEvent.status.in_(("processed", "ignored")),
                 func.coalesce(WebhookEvent.processed_at, WebhookEvent.received_at) < cutoff,
-            )
-        ).rowcount
-        rows = session.execute(  # type: ignore[attr-defined]
-            delete(TaskOutbox).where(TaskOutbox.status == "sent", TaskOutbox.created_at < cutoff)
-        ).rowcount
+            ),
+        )
+        rows = _deleted(session, delete(TaskOutbox).where(TaskOutbox.status == "sent", TaskOutbox.created_at < cutoff))
     if events or rows:
         log.info("pruned %s webhook events and %s outbox rows older than %s", events, rows, cutoff.date())
     return int(events or 0)

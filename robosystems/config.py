@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     checkout_cancel_url: str = ""
     billing_portal_return_url: str = ""  # default {base}/
     local_payments_webhook_url: str = ""  # local provider delivery target; default: in-process to this app
+    local_renewal_interval_seconds: float = Field(default=300.0, ge=5)  # local provider: due renewals run this often
+    proration_preview_max_age_seconds: int = Field(default=3600, ge=60)  # a change may pin a preview this old at most
+    billing_portal_session_ttl_minutes: int = Field(default=60, ge=5, le=1440)  # local portal links expire after
+    credits_low_threshold_percent: int = Field(default=10, ge=0, le=100)  # credits.low below this % of the allocation
+    org_max_webhook_endpoints: int = Field(default=10, ge=-1)  # entitlement max_webhook_endpoints; -1 = unlimited
 
     # --- background work ------------------------------------------------------------------
     embedded_worker: bool = True

@@ -228,6 +228,74 @@ class Repository(_Model):
         }
 
 
+class SeatPlan(_Model):
+    """A per-seat org plan: ``quantity`` = seats (members + pending invitations may not exceed it)."""
+
+    name: str  # filled from the table key
+    display_name: str = Field(min_length=1)
+    description: str = ""
+    enabled: bool = True
+    price_cents_per_seat: int = Field(ge=0)
+    billing_interval: Literal["monthly", "annual"] = "monthly"
+    min_seats: int = Field(default=1, ge=1)
+    max_seats: int = Field(default=1000, ge=1)
+    features: list[str] = Field(default_factory=list)
+    #: org entitlements the plan grants (keys of robosystems.billing.entitlements.CATALOG, e.g. max_graphs)
+    entitlements: dict[str, int | bool] = Field(default_factory=dict)
+    provider_price_ids: dict[Literal["stripe"], str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _seat_range(self) -> SeatPlan:
+        if self.max_seats < self.min_seats:
+            raise ValueError("max_seats is below min_seats")
+        return self
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "display_name": self.display_name,
+            "description": self.description,
+            "price_per_seat": self.price_cents_per_seat / 100,
+            "price_cents_per_seat": self.price_cents_per_seat,
+            "billing_interval": self.billing_interval,
+            "min_seats": self.min_seats,
+            "max_seats": self.max_seats,
+            "features": list(self.features),
+            "entitlements": dict(self.entitlements),
+        }
+
+
+class CreditPack(_Model):
+    """A one-time purchase of credits for one graph (never reset at renewal)."""
+
+    name: str  # filled from the table key
+    display_name: str = Field(min_length=1)
+    credits: int = Field(gt=0)
+    price_cents: int = Field(gt=0)
+    enabled: bool = True
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "display_name": self.display_name,
+            "credits": self.credits,
+            "price": self.price_cents / 100,
+            "price_cents": self.price_cents,
+        }
+
+
+class SeatSection(_Model):
+    description: str = ""
+    plans: dict[str, SeatPlan] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plan_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("plans"), dict):
+            data = {**data, "plans": {k: _with_key(v, "name", k) for k, v in data["plans"].items()}}
+        return data
+
+
 class GraphSection(_Model):
     description: str = ""
     pricing_model: str = "per_graph_monthly"
@@ -290,7 +358,23 @@ class Catalog(_Model):
     graph: GraphSection
     repository: RepositorySection = RepositorySection()
     operation_costs: OperationCosts = OperationCosts()
+    seats: SeatSection = SeatSection()
+    credit_packs: dict[str, CreditPack] = Field(default_factory=dict)
     source: str = ""  # the file it was read from
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pack_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("credit_packs"), dict):
+            data = {**data, "credit_packs": {k: _with_key(v, "name", k) for k, v in data["credit_packs"].items()}}
+        return data
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> Catalog:
+        clash = set(self.seats.plans) & (set(self.graph.plans) | set(self.graph.aliases))
+        if clash:
+            raise ValueError(f"seat plan names clash with graph plans: {sorted(clash)}")
+        return self
 
     # --- lookups ---------------------------------------------------------------------------------------------
     @property
@@ -314,6 +398,19 @@ class Catalog(_Model):
         found = self.find_plan(name)
         if found is None or not found.enabled:
             raise Unprocessable(f"Unknown plan {str(name)[:60]!r}", code="unknown_plan")
+        return found
+
+    def seat_plan(self, name: str | None) -> SeatPlan:
+        """The enabled seat plan ``name``; 422 ``unknown_plan`` otherwise."""
+        found = self.seats.plans.get(name or "")
+        if found is None or not found.enabled:
+            raise Unprocessable(f"Unknown plan {str(name)[:60]!r}", code="unknown_plan")
+        return found
+
+    def credit_pack(self, name: str | None) -> CreditPack:
+        found = self.credit_packs.get(name or "")
+        if found is None or not found.enabled:
+            raise Unprocessable(f"Unknown credit pack {str(name)[:60]!r}", code="unknown_credit_pack")
         return found
 
     def repository_plan(self, repository: str, plan: str) -> RepositoryPlan:
@@ -356,6 +453,8 @@ class Catalog(_Model):
                 "included_operations": list(self.operation_costs.included_operations),
                 "notes": list(self.operation_costs.notes),
             },
+            "seat_plans": [p.payload() for p in self.seats.plans.values() if p.enabled],
+            "credit_packs": [p.payload() for p in self.credit_packs.values() if p.enabled],
             "summary": {
                 "total_graph_tiers": len(plans),
                 "total_repositories": len(repos),

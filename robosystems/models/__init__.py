@@ -13,6 +13,7 @@ from robosystems.models.billing import (
     BillingInvoiceLineItem,
     BillingSubscription,
 )
+from robosystems.models.billing_depth import BillingCreditPurchase, BillingPlanChange, OrgEntitlementOverride
 from robosystems.models.graphs import (
     GRAPH_ROLES,
     Graph,
@@ -33,6 +34,9 @@ __all__ = [
     "LIVE_SUBSCRIPTION_STATUSES",
     "SUBSCRIPTION_STATUSES",
     "BillingAuditLog",
+    "BillingCreditPurchase",
+    "BillingPlanChange",
+    "OrgEntitlementOverride",
     "BillingCustomer",
     "BillingInvoice",
     "BillingInvoiceCounter",

@@ -101,6 +101,14 @@ class BillingSubscription(Base):
             unique=True,
             postgresql_where=text(f"resource_type = 'graph' AND resource_id IS NOT NULL AND {_LIVE_SQL}"),
         ),
+        Index(
+            "uq_billing_subscriptions_live_seats",
+            "resource_type",
+            "resource_id",
+            unique=True,
+            postgresql_where=text(f"resource_type = 'org_seats' AND resource_id IS NOT NULL AND {_LIVE_SQL}"),
+        ),
+        CheckConstraint("quantity >= 1", name="quantity"),
         Index("ix_billing_subscriptions_org_id_created_at", "org_id", "created_at"),
         Index("idx_billing_sub_customer", "billing_customer_user_id"),
         Index("idx_billing_sub_resource", "resource_type", "resource_id"),
@@ -117,6 +125,7 @@ class BillingSubscription(Base):
     plan_name: Mapped[str] = mapped_column(String, nullable=False)
     billing_interval: Mapped[str] = mapped_column(String, nullable=False, server_default="monthly", default="monthly")
     base_price_cents: Mapped[int] = mapped_column(Integer, nullable=False)
+    quantity: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1", default=1)  # seats (b9c0d1e2f3a4)
     stripe_subscription_id: Mapped[str | None] = mapped_column(String)  # legacy column
     stripe_product_id: Mapped[str | None] = mapped_column(String)
     stripe_price_id: Mapped[str | None] = mapped_column(String)
@@ -181,6 +190,7 @@ class BillingInvoice(Base):
     payment_method: Mapped[str | None] = mapped_column(String)
     payment_reference: Mapped[str | None] = mapped_column(String)
     notes: Mapped[str | None] = mapped_column(String)
+    billing_reason: Mapped[str | None] = mapped_column(String(40))  # Stripe's (b9c0d1e2f3a4)
     created_at: Mapped[datetime] = created_at_column()
     updated_at: Mapped[datetime] = updated_at_column()
 

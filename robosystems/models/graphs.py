@@ -111,6 +111,9 @@ class GraphCredits(Base):
     __table_args__ = (
         UniqueConstraint("graph_id", name=conv("graph_credits_graph_id_key")),
         CheckConstraint("current_balance >= 0", name="current_balance_nonnegative"),  # e6f7a8b9c0d1
+        CheckConstraint(  # b9c0d1e2f3a4
+            "purchased_balance >= 0 AND purchased_balance <= current_balance", name="purchased_balance"
+        ),
         Index("idx_graph_credits_billing_admin", "billing_admin_id"),
         Index("idx_graph_credits_user_id", "user_id"),
     )
@@ -123,6 +126,10 @@ class GraphCredits(Base):
         String, ForeignKey("users.id", name=conv("graph_credits_user_id_fkey")), nullable=False
     )
     current_balance: Mapped[Decimal] = mapped_column(Numeric(10, 2), nullable=False, default=Decimal("0"))
+    #: the part of the balance bought as credit packs: never reset at renewal, consumed after the allocation
+    purchased_balance: Mapped[Decimal] = mapped_column(
+        Numeric(10, 2), nullable=False, server_default="0", default=Decimal("0")
+    )
     monthly_allocation: Mapped[Decimal] = mapped_column(Numeric(10, 2), nullable=False, default=Decimal("0"))
     storage_limit_gb: Mapped[Decimal] = mapped_column(Numeric(10, 2), nullable=False, default=Decimal("500"))
     storage_override_gb: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))

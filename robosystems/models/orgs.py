@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, Numeric, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from robosystems.models.base import Base, created_at_column, updated_at_column
@@ -50,10 +51,16 @@ class OrgUser(Base):
 
 class OrgLimits(Base):
     __tablename__ = "org_limits"
-    __table_args__ = (UniqueConstraint("org_id"), CheckConstraint("max_graphs >= -1", name="max_graphs"))
+    __table_args__ = (
+        UniqueConstraint("org_id"),
+        CheckConstraint("max_graphs >= -1", name="max_graphs"),
+        CheckConstraint("credits_low_threshold IS NULL OR credits_low_threshold >= 0", name="credits_low_threshold"),
+    )
 
     id: Mapped[str] = mapped_column(String, primary_key=True)
     org_id: Mapped[str] = mapped_column(String, ForeignKey("orgs.id", ondelete="CASCADE"), nullable=False)
     max_graphs: Mapped[int] = mapped_column(Integer, nullable=False)
+    #: balance below which credits.low is emitted (NULL: CREDITS_LOW_THRESHOLD_PERCENT of the allocation)
+    credits_low_threshold: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
     created_at: Mapped[datetime] = created_at_column()
     updated_at: Mapped[datetime] = updated_at_column()

@@ -61,6 +61,77 @@ class CheckoutRequest:
     price_id: str | None = None
     customer_email: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    quantity: int = 1  # seats of a per-seat plan (``amount_cents`` is the unit price)
+
+
+@dataclass(frozen=True)
+class PaymentCheckoutRequest:
+    """A hosted checkout for a one-time payment (a credit pack): ``reference_id`` is our purchase id."""
+
+    idempotency_key: str
+    reference_id: str
+    org_id: str
+    customer_id: str | None
+    description: str
+    amount_cents: int
+    currency: str
+    expires_at: datetime
+    success_url: str
+    cancel_url: str
+    customer_email: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SubscriptionChange:
+    """Move a provider subscription's (single) item to another plan price and/or quantity.
+
+    ``proration_date`` (epoch seconds) pins the proration: a preview and the change made with the same value
+    charge the same amount to the cent."""
+
+    subscription_id: str
+    plan_name: str
+    amount_cents: int  # unit price of the new plan
+    quantity: int
+    currency: str
+    interval: str  # "month" | "year"
+    proration_date: int
+    idempotency_key: str
+    price_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ChangeLine:
+    description: str
+    amount: int  # cents; negative = credit for unused time
+
+
+@dataclass(frozen=True)
+class ChangePreview:
+    amount_due_now: int
+    currency: str
+    lines: list[ChangeLine]
+    next_invoice_total: int  # the renewal after the change
+    proration_date: int
+    period_end: datetime | None
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    """``paid``: the proration invoice is paid and the provider applied the change; ``pending``: the invoice awaits
+    payment (the provider applies the change when it is paid); ``failed``: the charge failed, nothing changed at the
+    provider (its pending update was discarded), ``failure_reason`` says why."""
+
+    status: Literal["paid", "pending", "failed"]
+    invoice_id: str | None
+    amount_due: int
+    failure_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ScheduledChange:
+    schedule_id: str
+    effective_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -146,6 +217,32 @@ class PaymentProvider(Protocol):
 
     def invoice_lines(self, invoice_id: str) -> list[dict[str, Any]]:
         """Every line item of a provider invoice, all pages (an event embeds only the first page)."""
+        ...
+
+    def preview_subscription_change(self, change: SubscriptionChange) -> ChangePreview:
+        """What :meth:`change_subscription` with the same ``change`` would invoice now (Stripe's invoice preview,
+        ``proration_behavior=always_invoice``, proration date pinned)."""
+        ...
+
+    def change_subscription(self, change: SubscriptionChange) -> ChangeResult:
+        """Apply the change now: the proration is invoiced and charged to the default payment method; the change
+        takes effect only when that invoice is paid (Stripe ``payment_behavior=pending_if_incomplete``)."""
+        ...
+
+    def schedule_subscription_change(self, change: SubscriptionChange) -> ScheduledChange:
+        """The change takes effect at the end of the current period (no proration)."""
+        ...
+
+    def cancel_scheduled_change(self, subscription_id: str, schedule_id: str) -> None:
+        """Call off a scheduled change (the subscription renews unchanged)."""
+        ...
+
+    def create_payment_checkout(self, request: PaymentCheckoutRequest) -> CheckoutSession:
+        """A hosted checkout for a one-time payment (same idempotency key -> same session)."""
+        ...
+
+    def retrieve_payment_method(self, payment_method_id: str) -> PaymentMethodInfo:
+        """A payment method's card summary (the default changed at the provider, e.g. in its portal)."""
         ...
 
     def create_subscription(

@@ -52,6 +52,7 @@ def build_provider(settings: Settings) -> PaymentProvider:
         base_url=settings.base_url,
         signing_secret=webhook_signing_secret(settings),
         api_version=settings.stripe_api_version,
+        portal_ttl_seconds=settings.billing_portal_session_ttl_minutes * 60,
     )
 
 

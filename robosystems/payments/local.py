@@ -35,7 +35,7 @@ from robosystems.payments.base import (
     ProviderObjectMissing,
     ProviderSubscription,
 )
-from robosystems.payments.local_changes import LocalChanges
+from robosystems.payments.local_changes import CHARGE_FAILING_PAYMENT_METHODS, LocalChanges
 from robosystems.payments.local_store import (
     DECLINED_CARDS,
     DECLINED_PAYMENT_METHODS,
@@ -104,8 +104,8 @@ class LocalPaymentProvider(LocalChanges):
             "customer_email": request.customer_email,
             "client_reference_id": request.subscription_id,
             "metadata": metadata,
-            "amount_subtotal": request.amount_cents,
-            "amount_total": request.amount_cents,
+            "amount_subtotal": request.amount_cents * request.quantity,
+            "amount_total": request.amount_cents * request.quantity,
             "currency": request.currency,
             "subscription": None,
             "invoice": None,
@@ -121,6 +121,8 @@ class LocalPaymentProvider(LocalChanges):
             "description": request.description,
             "interval": request.interval,
             "price_id": request.price_id or f"price_local_{request.plan_name}",
+            "unit_amount": request.amount_cents,
+            "quantity": request.quantity,
             "events": [],
         }
         record, _ = self.store.create_once("checkout_sessions", session_id, {"object": obj, "local": local})
@@ -136,11 +138,14 @@ class LocalPaymentProvider(LocalChanges):
         customer = self.store.get("customers", customer_id)
         if payment_method_id in DECLINED_PAYMENT_METHODS:
             raise PaymentDeclined()
-        if payment_method_id in TEST_PAYMENT_METHODS:
-            brand, last4 = TEST_PAYMENT_METHODS[payment_method_id]
+        if payment_method_id in TEST_PAYMENT_METHODS or payment_method_id in CHARGE_FAILING_PAYMENT_METHODS:
+            brand, last4 = (
+                TEST_PAYMENT_METHODS.get(payment_method_id) or CHARGE_FAILING_PAYMENT_METHODS[payment_method_id]
+            )
             pm_id = self._id("pm", idempotency_key)
             pm = self._payment_method_object(pm_id, brand, last4, customer_id)
-            record, _ = self.store.create_once("payment_methods", pm_id, {"object": pm, "local": {}})
+            local = {"charge_fails": payment_method_id in CHARGE_FAILING_PAYMENT_METHODS}
+            record, _ = self.store.create_once("payment_methods", pm_id, {"object": pm, "local": local})
             pm = record["object"]
         else:
             try:
@@ -158,21 +163,6 @@ class LocalPaymentProvider(LocalChanges):
             self.store.put("customers", customer_id, customer)
         card = pm["card"]
         return PaymentMethodInfo(pm["id"], "card", card["brand"], card["last4"], card["exp_month"], card["exp_year"])
-
-    def create_portal_session(self, *, customer_id: str, return_url: str) -> str:
-        self.store.get("customers", customer_id)
-        portal_id = self._id("bps")
-        obj = {
-            "id": portal_id,
-            "object": "billing_portal.session",
-            "customer": customer_id,
-            "created": _now(),
-            "return_url": return_url,
-            "url": f"{self.base_url}/billing/local/portal/{portal_id}",
-            "livemode": False,
-        }
-        self.store.create_once("portal_sessions", portal_id, {"object": obj, "local": {}})
-        return str(obj["url"])
 
     def cancel_subscription_at_period_end(self, subscription_id: str, *, idempotency_key: str) -> ProviderSubscription:
         with self.store.locked("subscriptions", subscription_id):
@@ -371,6 +361,13 @@ class LocalPaymentProvider(LocalChanges):
             )
             pm = self._payment_method_object(self._id("pm"), card_brand(number), number[-4:], customer_id)
             self.store.create_once("payment_methods", pm["id"], {"object": pm, "local": {}})
+            if obj.get("mode") == "payment":  # a one-time payment (credit pack): no subscription
+                invoice_events = self._pay_one_time(record, customer_id, now)
+                obj.update(status="complete", payment_status="paid", customer=customer_id, url=None)
+                events = [self._event("checkout.session.completed", obj, now), *invoice_events]
+                local["events"] = local["events"] + [e["id"] for e in events]
+                self.store.put("checkout_sessions", session_id, record)
+                return self._view(record)
             subscription = self._subscription_object(record, customer_id, pm["id"], now)
             invoice = self._invoice_object(record, customer_id, subscription, now)
             subscription["latest_invoice"] = invoice["id"]
@@ -420,4 +417,3 @@ class LocalPaymentProvider(LocalChanges):
         event = self._event("checkout.session.expired", obj, _now())
         record["local"]["events"] = record["local"]["events"] + [event["id"]]
         self.store.put("checkout_sessions", obj["id"], record)
-

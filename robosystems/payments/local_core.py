@@ -20,13 +20,16 @@ class LocalCore:
 
     name = "local"
 
-    def __init__(self, *, data_dir: Path, base_url: str, signing_secret: str, api_version: str) -> None:
+    def __init__(
+        self, *, data_dir: Path, base_url: str, signing_secret: str, api_version: str, portal_ttl_seconds: int = 3600
+    ) -> None:
         if not signing_secret:
             raise ValueError("the local payment provider needs a webhook signing secret")
         self.store = LocalStore(data_dir / "local_payments")
         self.base_url = base_url.rstrip("/")
         self.signing_secret = signing_secret
         self.api_version = api_version
+        self.portal_ttl_seconds = portal_ttl_seconds
 
     # --- ids -----------------------------------------------------------------------------------
 
@@ -38,6 +41,10 @@ class LocalCore:
 
     def checkout_url(self, session_id: str) -> str:
         return f"{self.base_url}/billing/local/checkout/{session_id}"
+
+    def invoice_pdf_url(self, invoice_id: str) -> str:
+        """The invoice's PDF (the id is the capability, like Stripe's ``invoice_pdf`` links)."""
+        return f"{self.base_url}/billing/local/invoices/{invoice_id}.pdf"
 
     # --- events --------------------------------------------------------------------------------
 
@@ -134,8 +141,8 @@ class LocalCore:
             "object": "price",
             "active": True,
             "currency": session["currency"],
-            "unit_amount": session["amount_total"],
-            "unit_amount_decimal": str(session["amount_total"]),
+            "unit_amount": local.get("unit_amount", session["amount_total"]),
+            "unit_amount_decimal": str(local.get("unit_amount", session["amount_total"])),
             "recurring": {"interval": local["interval"], "interval_count": 1, "usage_type": "licensed"},
             "type": "recurring",
             "product": f"prod_local_{local['plan_name']}",
@@ -172,7 +179,7 @@ class LocalCore:
                         "current_period_end": end,
                         "metadata": {},
                         "price": price,
-                        "quantity": 1,
+                        "quantity": int(local.get("quantity", 1)),
                         "subscription": sub_id,
                     }
                 ],
@@ -206,7 +213,7 @@ class LocalCore:
             "due_date": None,
             "number": f"LOCAL-{invoice_id[-8:].upper()}-0001",
             "hosted_invoice_url": None,
-            "invoice_pdf": None,
+            "invoice_pdf": self.invoice_pdf_url(invoice_id),
             "livemode": False,
             "metadata": dict(session["metadata"]),
             "period_start": now,
@@ -232,8 +239,8 @@ class LocalCore:
                         "invoice": invoice_id,
                         "amount": amount,
                         "currency": session["currency"],
-                        "description": f"1 × {local['description']}",
-                        "quantity": 1,
+                        "description": f"{item['quantity']} × {local['description']}",
+                        "quantity": item["quantity"],
                         "period": period,
                         "metadata": {},
                         "livemode": False,
@@ -271,4 +278,3 @@ class LocalCore:
             canceled_at=_dt(sub.get("canceled_at")),
             raw=sub,
         )
-

@@ -169,4 +169,3 @@ class CheckoutView:
     @property
     def amount_display(self) -> str:
         return f"{self.amount_cents / 100:,.2f} {self.currency.upper()}"
-

@@ -13,34 +13,52 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import stripe
 from stripe.params import (
     CustomerCreateParams,
+    InvoiceCreatePreviewParams,
+    InvoiceCreatePreviewParamsSubscriptionDetailsItem,
     InvoiceLineItemListParams,
     ProductCreateParams,
     RefundCreateParams,
     SubscriptionCreateParams,
     SubscriptionCreateParamsItem,
+    SubscriptionScheduleUpdateParamsPhase,
+    SubscriptionScheduleUpdateParamsPhaseItem,
+    SubscriptionUpdateParams,
+    SubscriptionUpdateParamsItem,
 )
 from stripe.params.checkout import SessionCreateParams, SessionCreateParamsLineItem
 
 from robosystems.payments.base import (
+    ChangeLine,
+    ChangePreview,
+    ChangeResult,
     CheckoutRequest,
     CheckoutSession,
     CollectionMethod,
     InvalidPaymentMethod,
+    PaymentCheckoutRequest,
     PaymentDeclined,
     PaymentMethodInfo,
     ProviderError,
     ProviderObjectMissing,
     ProviderSubscription,
     ProviderUnavailable,
+    ScheduledChange,
+    SubscriptionChange,
 )
 
 log = logging.getLogger("robosystems.payments.stripe")
 T = TypeVar("T")
+Interval = Literal["day", "month", "week", "year"]
+PAYMENT_FAILED = "The payment method on file was declined or needs authentication; update it in the billing portal"
+
+
+def _interval(value: str) -> Interval:
+    return "year" if value in ("year", "annual", "yearly") else "month"
 
 
 def _dt(value: Any) -> datetime | None:
@@ -121,10 +139,10 @@ class StripeProvider:
             **request.metadata,
         }
         if request.price_id:
-            line_item: SessionCreateParamsLineItem = {"price": request.price_id, "quantity": 1}
+            line_item: SessionCreateParamsLineItem = {"price": request.price_id, "quantity": request.quantity}
         else:
             line_item = {
-                "quantity": 1,
+                "quantity": request.quantity,
                 "price_data": {
                     "currency": request.currency,
                     "unit_amount": request.amount_cents,
@@ -384,4 +402,215 @@ class StripeProvider:
             current_period_end=_dt(end),
             canceled_at=_dt(sub.get("canceled_at")),
             raw=sub,
+        )
+
+    # --- plan changes (invoice preview, pending updates, subscription schedules) ------------------
+
+    def _current_item(self, subscription_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        sub = _plain(
+            self._call("retrieve_subscription", lambda: self.client.v1.subscriptions.retrieve(subscription_id))
+        )
+        items = (sub.get("items") or {}).get("data") or []
+        if not items:
+            raise ProviderObjectMissing()
+        return sub, dict(items[0])
+
+    def _price_data(self, change: SubscriptionChange) -> dict[str, Any]:
+        return {
+            "currency": change.currency,
+            "unit_amount": change.amount_cents,
+            "recurring": {"interval": _interval(change.interval)},
+            "product": self._product_for_plan(change.plan_name),
+        }
+
+    def preview_subscription_change(self, change: SubscriptionChange) -> ChangePreview:
+        """``POST /v1/invoices/create_preview`` with ``subscription_details.proration_date`` pinned and
+        ``proration_behavior=always_invoice``: the lines whose ``parent.subscription_item_details.proration`` is true
+        are what the change invoices now (Stripe's advice for reading a proration preview)."""
+        sub, current = self._current_item(change.subscription_id)
+        item: InvoiceCreatePreviewParamsSubscriptionDetailsItem = {
+            "id": str(current["id"]),
+            "quantity": change.quantity,
+        }
+        if change.price_id:
+            item["price"] = change.price_id
+        else:
+            data = self._price_data(change)
+            item["price_data"] = {
+                "currency": data["currency"],
+                "unit_amount": data["unit_amount"],
+                "recurring": {"interval": _interval(change.interval)},
+                "product": data["product"],
+            }
+        params: InvoiceCreatePreviewParams = {
+            "customer": str(sub["customer"]),
+            "subscription": change.subscription_id,
+            "subscription_details": {
+                "items": [item],
+                "proration_behavior": "always_invoice",
+                "proration_date": change.proration_date,
+            },
+        }
+        invoice = _plain(self._call("create_invoice_preview", lambda: self.client.v1.invoices.create_preview(params)))
+        lines = [
+            ChangeLine(str(line.get("description") or "Proration"), int(line.get("amount") or 0))
+            for line in (invoice.get("lines") or {}).get("data") or []
+            if ((line.get("parent") or {}).get("subscription_item_details") or {}).get("proration")
+        ]
+        return ChangePreview(
+            amount_due_now=max(sum(line.amount for line in lines), 0),
+            currency=str(invoice.get("currency") or change.currency),
+            lines=lines,
+            next_invoice_total=change.amount_cents * change.quantity,
+            proration_date=change.proration_date,
+            period_end=_dt(current.get("current_period_end")),
+        )
+
+    def change_subscription(self, change: SubscriptionChange) -> ChangeResult:
+        """``POST /v1/subscriptions/{id}`` with ``payment_behavior=pending_if_incomplete``,
+        ``proration_behavior=always_invoice`` and the pinned ``proration_date``: Stripe invoices the proration and
+        charges it; the items change only when it is paid.  A failed charge leaves a ``pending_update``: its open
+        invoice is voided, which discards the update (everything stays as it was)."""
+        _, current = self._current_item(change.subscription_id)
+        item: SubscriptionUpdateParamsItem = {"id": str(current["id"]), "quantity": change.quantity}
+        if change.price_id:
+            item["price"] = change.price_id
+        else:
+            data = self._price_data(change)
+            item["price_data"] = {
+                "currency": data["currency"],
+                "unit_amount": data["unit_amount"],
+                "recurring": {"interval": _interval(change.interval)},
+                "product": data["product"],
+            }
+        params: SubscriptionUpdateParams = {
+            "items": [item],
+            "proration_behavior": "always_invoice",
+            "proration_date": change.proration_date,
+            "payment_behavior": "pending_if_incomplete",
+            "expand": ["latest_invoice"],
+        }
+        sub = _plain(
+            self._call(
+                "change_subscription",
+                lambda: self.client.v1.subscriptions.update(
+                    change.subscription_id, params, {"idempotency_key": change.idempotency_key}
+                ),
+            )
+        )
+        latest = sub.get("latest_invoice")
+        invoice: dict[str, Any] = latest if isinstance(latest, dict) else {}
+        invoice_id = str(invoice.get("id")) if invoice.get("id") else None
+        if not sub.get("pending_update"):
+            paid = invoice.get("status") == "paid"
+            return ChangeResult("paid" if paid else "pending", invoice_id, int(invoice.get("amount_due") or 0))
+        if invoice_id:
+            self._call(
+                "void_invoice",
+                lambda: self.client.v1.invoices.void_invoice(
+                    invoice_id, {}, {"idempotency_key": f"{change.idempotency_key}:void"}
+                ),
+            )
+        return ChangeResult("failed", invoice_id, int(invoice.get("amount_due") or 0), PAYMENT_FAILED)
+
+    def schedule_subscription_change(self, change: SubscriptionChange) -> ScheduledChange:
+        """A subscription schedule made from the subscription: its current phase runs to the period end, the next
+        one bills the new price (no proration); ``end_behavior=release`` hands the subscription back afterwards."""
+        _, current = self._current_item(change.subscription_id)
+        schedule = _plain(
+            self._call(
+                "create_subscription_schedule",
+                lambda: self.client.v1.subscription_schedules.create(
+                    {"from_subscription": change.subscription_id},
+                    {"idempotency_key": f"{change.idempotency_key}:schedule"},
+                ),
+            )
+        )
+        phases = schedule.get("phases") or []
+        first = phases[0] if phases else {}
+        price = current.get("price") or {}
+        now_item: SubscriptionScheduleUpdateParamsPhaseItem = {
+            "price": str(price.get("id") if isinstance(price, dict) else price),
+            "quantity": int(current.get("quantity") or 1),
+        }
+        next_item: SubscriptionScheduleUpdateParamsPhaseItem = {"quantity": change.quantity}
+        if change.price_id:
+            next_item["price"] = change.price_id
+        else:
+            data = self._price_data(change)
+            next_item["price_data"] = {
+                "currency": data["currency"],
+                "unit_amount": data["unit_amount"],
+                "recurring": {"interval": _interval(change.interval)},
+                "product": data["product"],
+            }
+        period_end = int(current.get("current_period_end") or first.get("end_date") or 0)
+        this_phase: SubscriptionScheduleUpdateParamsPhase = {"items": [now_item], "end_date": period_end}
+        if first.get("start_date"):
+            this_phase["start_date"] = int(first["start_date"])
+        next_phase: SubscriptionScheduleUpdateParamsPhase = {"items": [next_item], "proration_behavior": "none"}
+        schedule_id = str(schedule["id"])
+        self._call(
+            "update_subscription_schedule",
+            lambda: self.client.v1.subscription_schedules.update(
+                schedule_id,
+                {"end_behavior": "release", "phases": [this_phase, next_phase]},
+                {"idempotency_key": f"{change.idempotency_key}:phases"},
+            ),
+        )
+        return ScheduledChange(schedule_id, _dt(period_end))
+
+    def cancel_scheduled_change(self, subscription_id: str, schedule_id: str) -> None:
+        """Release the schedule: the subscription keeps its current price and renews unchanged."""
+        self._call(
+            "release_subscription_schedule",
+            lambda: self.client.v1.subscription_schedules.release(
+                schedule_id, {}, {"idempotency_key": f"release:{schedule_id}"}
+            ),
+        )
+
+    def create_payment_checkout(self, request: PaymentCheckoutRequest) -> CheckoutSession:
+        metadata = {"credit_purchase_id": request.reference_id, "org_id": request.org_id, **request.metadata}
+        params: SessionCreateParams = {
+            "mode": "payment",
+            "line_items": [
+                {
+                    "quantity": 1,
+                    "price_data": {
+                        "currency": request.currency,
+                        "unit_amount": request.amount_cents,
+                        "product_data": {"name": request.description},
+                    },
+                }
+            ],
+            "client_reference_id": request.reference_id,
+            "metadata": metadata,
+            "payment_intent_data": {"metadata": metadata},
+            "invoice_creation": {"enabled": True, "invoice_data": {"metadata": metadata}},
+            "success_url": request.success_url,
+            "cancel_url": request.cancel_url,
+            "expires_at": int(request.expires_at.timestamp()),
+        }
+        if request.customer_id:
+            params["customer"] = request.customer_id
+        elif request.customer_email:
+            params["customer_email"] = request.customer_email
+        session = self._call(
+            "create_payment_checkout",
+            lambda: self.client.v1.checkout.sessions.create(params, {"idempotency_key": request.idempotency_key}),
+        )
+        return CheckoutSession(str(session.id), str(session.url), _dt(session.expires_at) or request.expires_at)
+
+    def retrieve_payment_method(self, payment_method_id: str) -> PaymentMethodInfo:
+        data = _plain(
+            self._call("retrieve_payment_method", lambda: self.client.v1.payment_methods.retrieve(payment_method_id))
+        )
+        card = data.get("card") or {}
+        return PaymentMethodInfo(
+            id=str(data["id"]),
+            type=str(data.get("type") or "card"),
+            brand=card.get("brand"),
+            last4=card.get("last4"),
+            exp_month=card.get("exp_month"),
+            exp_year=card.get("exp_year"),
         )

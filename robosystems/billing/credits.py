@@ -24,14 +24,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from robosystems.billing.audit import Actor, record_for_actor
+from robosystems.config import get_settings
 from robosystems.errors import AppError, Conflict, NotFound, Unprocessable
 from robosystems.ids import new_id
 from robosystems.models.graphs import Graph, GraphCredits, GraphCreditTransaction
+from robosystems.models.orgs import OrgLimits
+from robosystems.worker import outbox
 
 CENT = Decimal("0.01")
 MAX_AMOUNT = Decimal("99999999.99")  # numeric(10,2)
 
-TRANSACTION_TYPES = ("allocation", "consumption", "refund", "adjustment")
+TRANSACTION_TYPES = ("allocation", "consumption", "refund", "adjustment", "expiration")
+#: the low-balance notification task (robosystems/billing/tasks.py)
+CREDITS_LOW_TASK = "robosystems.billing.credits_low"
 
 
 class InsufficientCredits(AppError):
@@ -208,6 +213,105 @@ def grant_for_invoice(
     return granted
 
 
+def reset_allocation(
+    session: Session,
+    graph_id: str,
+    key: str,
+    monthly: Decimal | int,
+    *,
+    description: str,
+    metadata: dict[str, Any] | None = None,
+) -> bool:
+    """A paid renewal: the monthly allocation RESETS to ``monthly`` (no rollover), purchased credits stay.
+
+    In the caller's transaction (the renewal's), once per ``key`` (``invoice:<id>`` / ``period:<sub>:<n>``): the pool
+    row is locked, the unused allocation (balance - purchased) is written off as an ``expiration`` row (key
+    ``expire:<key>``) and the new allocation added as an ``allocation`` row keyed ``key``.  Σ ledger == balance holds.
+    Returns False when this key was already applied (a replayed renewal resets once)."""
+    pool = session.execute(
+        select(GraphCredits.id, GraphCredits.current_balance, GraphCredits.purchased_balance)
+        .where(GraphCredits.graph_id == graph_id)
+        .with_for_update()
+    ).one_or_none()
+    if pool is None:
+        raise _pool_missing(graph_id)
+    grant_key, expire_key = (
+        invoice_grant_key(key) if not key.startswith(("invoice:", "period:")) else key,
+        f"expire:{key}",
+    )
+    seen = session.execute(
+        select(func.count()).where(GraphCreditTransaction.idempotency_key.in_((grant_key, expire_key)))
+    ).scalar_one()
+    if seen:
+        return False
+    unused = Decimal(pool.current_balance) - Decimal(pool.purchased_balance)
+    allocation = Decimal(str(monthly)).quantize(CENT)
+    meta = {"reset": True, **(metadata or {})}
+    if unused > 0:
+        session.execute(
+            pg_insert(GraphCreditTransaction).values(
+                **_ledger_row(
+                    str(pool.id),
+                    graph_id,
+                    "expiration",
+                    -unused,
+                    f"Unused allocation expired ({description})"[:500],
+                    idempotency_key=expire_key,
+                    metadata=meta,
+                )
+            )
+        )
+    if allocation > 0:
+        session.execute(
+            pg_insert(GraphCreditTransaction).values(
+                **_ledger_row(
+                    str(pool.id),
+                    graph_id,
+                    "allocation",
+                    allocation,
+                    description,
+                    idempotency_key=grant_key,
+                    metadata=meta,
+                )
+            )
+        )
+    session.execute(
+        update(GraphCredits)
+        .where(GraphCredits.id == pool.id)
+        .values(
+            current_balance=GraphCredits.purchased_balance + allocation,
+            monthly_allocation=allocation,
+            last_allocation_date=func.now(),
+            updated_at=func.now(),
+        )
+    )
+    return True
+
+
+def grant_purchased(
+    session: Session, graph_id: str, purchase_id: str, amount: Decimal | int, *, description: str
+) -> bool:
+    """Credits bought as a pack: added to the balance AND to ``purchased_balance`` (never reset), once per purchase
+    (key ``credit_pack:<purchase_id>``).  True when this call granted them."""
+    value = _amount(amount)
+    granted = _credit(
+        session,
+        graph_id,
+        value,
+        "allocation",
+        description,
+        idempotency_key=f"credit_pack:{purchase_id}",
+        metadata={"credit_purchase_id": purchase_id, "purchased": True},
+    )
+    if granted:
+        session.execute(
+            update(GraphCredits)
+            .where(GraphCredits.graph_id == graph_id)
+            .values(purchased_balance=GraphCredits.purchased_balance + value)
+        )
+    return granted
+
+
 def consume(
     session: Session,
     graph_id: str,
@@ -269,14 +373,45 @@ def consume(
     return new_balance
 
 
+#: the org's own low-balance threshold, read by the debit's RETURNING (no extra round trip)
+_ORG_THRESHOLD = (
+    select(OrgLimits.credits_low_threshold)
+    .join(Graph, Graph.org_id == OrgLimits.org_id)
+    .where(Graph.graph_id == GraphCredits.graph_id)
+    .scalar_subquery()
+)
+
+
+def low_threshold(org_threshold: Decimal | None, monthly_allocation: Decimal) -> Decimal:
+    """The balance below which ``credits.low`` is emitted: the org's threshold, else CREDITS_LOW_THRESHOLD_PERCENT of
+    the graph's monthly allocation."""
+    if org_threshold is not None:
+        return Decimal(org_threshold)
+    percent = Decimal(get_settings().credits_low_threshold_percent)
+    return (Decimal(monthly_allocation) * percent / 100).quantize(CENT)
+
+
 def _debit(session: Session, graph_id: str, value: Decimal) -> tuple[str, Decimal]:
-    """The one conditional UPDATE -> (pool id, new balance).  Raises (402/404) when nothing was debited."""
+    """The one conditional UPDATE -> (pool id, new balance).  Raises (402/404) when nothing was debited.
+
+    The monthly allocation is spent first, purchased credits (``purchased_balance``) after it.  A debit that takes the
+    balance from at-or-above the org's low threshold to below it enqueues ``credits.low`` once (two debits serialize on
+    the row: only one of them crosses)."""
     row = session.execute(
         update(GraphCredits)
         .where(GraphCredits.graph_id == graph_id, GraphCredits.current_balance >= value)
-        .values(current_balance=GraphCredits.current_balance - value, updated_at=func.now())
-        .returning(GraphCredits.id, GraphCredits.current_balance)
+        .values(
+            current_balance=GraphCredits.current_balance - value,
+            purchased_balance=func.least(GraphCredits.purchased_balance, GraphCredits.current_balance - value),
+            updated_at=func.now(),
+        )
+        .returning(GraphCredits.id, GraphCredits.current_balance, GraphCredits.monthly_allocation, _ORG_THRESHOLD)
     ).one_or_none()
+    if row is not None:
+        threshold = low_threshold(row[3], row[2])
+        new_balance = Decimal(row[1])
+        if threshold > 0 and new_balance < threshold <= new_balance + value:
+            outbox.enqueue(session, CREDITS_LOW_TASK, [graph_id, str(new_balance), str(threshold)])
     if row is None:
         current = balance(session, graph_id)
         if current is None:

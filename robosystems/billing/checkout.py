@@ -42,6 +42,7 @@ from starlette.concurrency import run_in_threadpool
 
 from robosystems.auth.deps import Principal
 from robosystems.auth.sessions import personal_org_id
+from robosystems.billing import entitlements
 from robosystems.billing import subscriptions as subs
 from robosystems.billing.audit import SYSTEM, Actor
 from robosystems.billing.customers import customer_idempotency_key, get_or_create_customer_async
@@ -55,7 +56,7 @@ from robosystems.orgs.access import authorize
 from robosystems.orgs.policy import Action
 from robosystems.orgs.service import lock_and_authorize
 from robosystems.orgs.usage import org_limits
-from robosystems.payments.base import CheckoutRequest, CollectionMethod, PaymentProvider
+from robosystems.payments.base import CheckoutRequest, CheckoutSession, CollectionMethod, PaymentProvider
 from robosystems.worker.outbox import enqueue_async
 
 log = logging.getLogger("robosystems.billing.checkout")
@@ -81,6 +82,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+now = _now
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value else None
 
@@ -99,7 +103,8 @@ def request_fingerprint(org_id: str, plan_name: str, body: CreateCheckoutRequest
             "org_id": org_id,
             "plan_name": plan_name,
             "resource_type": body.resource_type,
-            "resource_config": body.resource_config.model_dump(mode="json"),
+            "resource_config": body.resource_config.model_dump(mode="json") if body.resource_config else None,
+            "quantity": body.quantity,
         },
         sort_keys=True,
         separators=(",", ":"),
@@ -119,7 +124,7 @@ def return_urls(settings: Settings) -> tuple[str, str]:
     return success, cancel
 
 
-def _response(sub: BillingSubscription) -> CheckoutResponse:
+def response(sub: BillingSubscription) -> CheckoutResponse:
     meta = sub.subscription_metadata or {}
     billing_disabled = bool(meta.get("billing_disabled"))
     return CheckoutResponse(
@@ -134,7 +139,7 @@ def _response(sub: BillingSubscription) -> CheckoutResponse:
     )
 
 
-async def _target_org(session: AsyncSession, principal: Principal, org_id: str | None) -> str:
+async def target_org(session: AsyncSession, principal: Principal, org_id: str | None) -> str:
     target = org_id or principal.token_org_id or await personal_org_id(session, principal.user_id)
     if not target:
         raise NotFound("Organization not found", code="org_not_found")
@@ -150,24 +155,19 @@ async def _existing(session: AsyncSession, org_id: str, key: str) -> BillingSubs
     return result.scalar_one_or_none()
 
 
-async def _replay(session: AsyncSession, org_id: str, key: str, fingerprint: str) -> CheckoutResponse | None:
+async def replay(session: AsyncSession, org_id: str, key: str, fingerprint: str) -> CheckoutResponse | None:
     existing = await _existing(session, org_id, key)
     if existing is None:
         return None
     if existing.request_fingerprint not in (None, fingerprint):
         raise Conflict("This Idempotency-Key was already used with a different request", code="idempotency_key_reused")
-    return _response(existing)
+    return response(existing)
 
 
-async def _check_limit(session: AsyncSession, org_id: str) -> None:
-    limits = await org_limits(session, org_id)
-    usage = limits["current_usage"]["graphs"]
-    if limits["max_graphs"] != -1 and usage["current"] >= limits["max_graphs"]:
-        raise Forbidden(
-            f"This organization has reached its graph limit ({limits['max_graphs']})",
-            code="graph_limit_reached",
-            extra={"max_graphs": limits["max_graphs"], "current": usage["current"]},
-        )
+async def _check_limit(session: AsyncSession, settings: Settings, org_id: str) -> None:
+    """The org's ``max_graphs`` entitlement against owned graphs + graphs awaiting payment/provisioning."""
+    current = (await org_limits(session, org_id))["current_usage"]["graphs"]["current"]
+    await entitlements.require(session, org_id, "max_graphs", current=current, settings=settings)
 
 
 def _description(plan: GraphPlan, graph_name: str) -> str:
@@ -188,21 +188,24 @@ async def create_checkout(
     invoice billing gets the subscription created at the provider without a checkout page
     (:func:`_subscribe_off_session`); ``requires_checkout`` is false in the answer."""
     key = validate_idempotency_key(idempotency_key)
-    target = await _target_org(session, principal, body.org_id)
+    target = await target_org(session, principal, body.org_id)
     access = await authorize(session, principal, target, Action.MANAGE_BILLING)
+    assert body.resource_config is not None  # validated by the request model
     plan = get_catalog(settings.billing_plans_file).plan(body.plan_name)
+    if plan.name not in (await entitlements.entitlements(session, access.org_id, settings=settings)).value("tiers"):
+        raise Forbidden(f"The {plan.name} plan is not available to this organization", code="plan_not_allowed")
     fingerprint = request_fingerprint(access.org_id, plan.name, body)
 
     # A replay is answered without the org lock.  A first request locks the org row and looks again:
     # an identical request may have committed while this one waited for the lock.
-    if key is not None and (replay := await _replay(session, access.org_id, key, fingerprint)) is not None:
-        return replay
+    if key is not None and (again := await replay(session, access.org_id, key, fingerprint)) is not None:
+        return again
     access = await lock_and_authorize(session, principal, target, Action.MANAGE_BILLING)
-    if key is not None and (replay := await _replay(session, access.org_id, key, fingerprint)) is not None:
-        return replay
+    if key is not None and (again := await replay(session, access.org_id, key, fingerprint)) is not None:
+        return again
 
     await session.run_sync(lambda s: expire_abandoned_checkouts(s, org_id=access.org_id))
-    await _check_limit(session, access.org_id)
+    await _check_limit(session, settings, access.org_id)
 
     actor = Actor.user(principal.user_id)
     resource_config = body.resource_config.model_dump(mode="json")
@@ -224,7 +227,7 @@ async def create_checkout(
             metadata={"billing_disabled": True},
         )
         await enqueue_async(session, subs.PROVISION_GRAPH_TASK, [sub.id])
-        return _response(sub)
+        return response(sub)
 
     sub, _ = await subs.create_subscription_async(
         session,
@@ -241,37 +244,22 @@ async def create_checkout(
         actor=actor,
     )
 
-    async def create_remote(org_id: str) -> str:
-        return await run_in_threadpool(
-            lambda: provider.create_customer(
-                org_id=org_id,
-                name=access.org_name,
-                email=principal.email,
-                idempotency_key=customer_idempotency_key(org_id),
-            )
-        )
-
-    customer = await get_or_create_customer_async(
-        session, provider.name, access.org_id, create_remote, billing_email=principal.email, actor=actor
-    )
+    customer = await checkout_customer(session, provider, access.org_id, access.org_name, principal, actor)
     if allow_off_session and (customer.invoice_billing_enabled or customer.has_payment_method):
         await _subscribe_off_session(session, settings, provider, sub, customer, plan, key)
-        return _response(sub)
+        return response(sub)
     success_url, cancel_url = return_urls(settings)
     expires_at = (_now() + timedelta(minutes=settings.checkout_ttl_minutes)).replace(microsecond=0)
-    provider_key = (
-        f"checkout:{access.org_id}:{hashlib.sha256(key.encode()).hexdigest()[:32]}" if key else f"checkout:{sub.id}"
-    )
     checkout = await run_in_threadpool(
         provider.create_checkout_session,
         CheckoutRequest(
-            idempotency_key=provider_key,
+            idempotency_key=provider_key("checkout", access.org_id, key, sub.id),
             subscription_id=sub.id,
             org_id=access.org_id,
             customer_id=customer.stripe_customer_id,
             customer_email=principal.email,
             plan_name=plan.name,
-            description=_description(plan, body.resource_config.graph_name),
+            description=_description(plan, resource_config.get("graph_name") or plan.name),
             amount_cents=plan.price_cents,
             currency=get_catalog(settings.billing_plans_file).currency,
             interval="month" if interval == "monthly" else "year",
@@ -281,12 +269,41 @@ async def create_checkout(
             cancel_url=cancel_url,
         ),
     )
+    await attach_session(session, sub, customer, checkout)
+    return response(sub)
+
+
+async def attach_session(
+    session: AsyncSession, sub: BillingSubscription, customer: BillingCustomer, checkout: CheckoutSession
+) -> None:
+    """Record the provider's checkout session on the pending subscription."""
     sub.provider_checkout_session_id = checkout.id
     sub.provider_customer_id = customer.stripe_customer_id
     sub.checkout_expires_at = checkout.expires_at
     sub.subscription_metadata = {**(sub.subscription_metadata or {}), "checkout_url": checkout.url}
     await session.flush()
-    return _response(sub)
+
+
+async def checkout_customer(
+    session: AsyncSession, provider: PaymentProvider, org_id: str, org_name: str, principal: Principal, actor: Actor
+) -> BillingCustomer:
+    """The org's billing customer, created once (row lock + the provider call keyed by the org)."""
+
+    async def create_remote(target: str) -> str:
+        return await run_in_threadpool(
+            lambda: provider.create_customer(
+                org_id=target, name=org_name, email=principal.email, idempotency_key=customer_idempotency_key(target)
+            )
+        )
+
+    return await get_or_create_customer_async(
+        session, provider.name, org_id, create_remote, billing_email=principal.email, actor=actor
+    )
+
+
+def provider_key(kind: str, org_id: str, key: str | None, fallback: str) -> str:
+    """The provider idempotency key of a checkout: derived from the caller's Idempotency-Key when there is one."""
+    return f"{kind}:{org_id}:{hashlib.sha256(key.encode()).hexdigest()[:32]}" if key else f"{kind}:{fallback}"
 
 
 def _days_until_due(payment_terms: str | None) -> int:
@@ -311,11 +328,7 @@ async def _subscribe_off_session(
     provisions.  The provider call is keyed like the checkout's, so a retry gets the same provider subscription."""
     assert customer.stripe_customer_id is not None
     collection: CollectionMethod = "send_invoice" if customer.invoice_billing_enabled else "charge_automatically"
-    provider_key = (
-        f"subscription:{sub.org_id}:{hashlib.sha256(key.encode()).hexdigest()[:32]}"
-        if key
-        else f"subscription:{sub.id}"
-    )
+    remote_key = provider_key("subscription", sub.org_id, key, sub.id)
     catalog = get_catalog(settings.billing_plans_file)
     customer_id = customer.stripe_customer_id
     remote = await run_in_threadpool(
@@ -329,7 +342,7 @@ async def _subscribe_off_session(
             metadata={"subscription_id": sub.id, "org_id": sub.org_id},
             collection_method=collection,
             days_until_due=_days_until_due(customer.payment_terms) if collection == "send_invoice" else None,
-            idempotency_key=provider_key,
+            idempotency_key=remote_key,
         )
     )
     sub.provider_subscription_id = remote.id

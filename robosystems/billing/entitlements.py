@@ -330,6 +330,11 @@ def _overrides(rows: list[Any]) -> tuple[dict[str, _Override], list[dict[str, An
     return found, listed
 
 
+def org_overrides_sync(session: Session, org_id: str) -> dict[str, _Override]:
+    """The org's live overrides by key."""
+    return _overrides(list(session.execute(_OVERRIDES_SQL, {"org": org_id}).all()))[0]
+
+
 def entitlements_sync(session: Session, org_id: str, *, settings: Settings | None = None) -> Entitlements:
     """The org's entitlements (three short queries), on a sync session (worker code, ``run_sync``)."""
     settings = settings or get_settings()
@@ -376,6 +381,33 @@ async def require(
     return await session.run_sync(
         lambda s: require_sync(s, org_id, key, current=current, adding=adding, settings=settings)
     )
+
+
+_MEMBERS_SQL = text(
+    "SELECT (SELECT count(*) FROM org_users WHERE org_id = :org AND is_active) AS members, "
+    "(SELECT count(*) FROM org_invitations WHERE org_id = :org AND status = 'pending' AND expires_at > now()) "
+    "AS pending"
+)
+
+
+def seats_in_use_sync(session: Session, org_id: str, *, with_pending: bool = True) -> int:
+    """Active members (+ live pending invitations): what counts against ``max_members`` / seats."""
+    row = session.execute(_MEMBERS_SQL, {"org": org_id}).one()
+    return int(row.members) + (int(row.pending) if with_pending else 0)
+
+
+async def require_member_slot(
+    session: AsyncSession, org_id: str, *, with_pending: bool, settings: Settings | None = None
+) -> None:
+    """One more member (an invitation, or joining): 402 ``seat_limit_reached`` on a per-seat plan whose seats are
+    taken (with the price of one more seat), 409 ``member_limit_reached`` otherwise."""
+
+    def check(s: Session) -> None:
+        require_sync(
+            s, org_id, "max_members", current=seats_in_use_sync(s, org_id, with_pending=with_pending), settings=settings
+        )
+
+    await session.run_sync(check)
 
 
 def refuse(ent: Entitlements, key: str, current: int) -> AppError:

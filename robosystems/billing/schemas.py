@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _TEXT = r"^[^\x00-\x1f\x7f]*$"  # no control characters
 
@@ -38,10 +38,29 @@ class GraphResourceConfig(_In):
 
 
 class CreateCheckoutRequest(_In):
-    plan_name: str = Field(min_length=1, max_length=100)
-    resource_type: Literal["graph"]
-    resource_config: GraphResourceConfig
+    """A subscription checkout (the client's shape: a graph plan, ``resource_type: graph``) or [ours] a per-seat
+    org plan (``resource_type: org``, ``quantity`` seats) or a credit pack (``kind: credit_pack``, ``pack``,
+    ``graph_id``: a one-time payment)."""
+
+    kind: Literal["subscription", "credit_pack"] = "subscription"
+    plan_name: str | None = Field(default=None, min_length=1, max_length=100)
+    resource_type: Literal["graph", "org"] = "graph"
+    resource_config: GraphResourceConfig | None = None
     org_id: str | None = Field(default=None, min_length=1, max_length=64)  # [ours] default: the token's org
+    quantity: int | None = Field(default=None, ge=1, le=100_000)  # [ours] seats (resource_type org)
+    pack: str | None = Field(default=None, min_length=1, max_length=100)  # [ours] credit pack name
+    graph_id: str | None = Field(default=None, min_length=3, max_length=64)  # [ours] the credit pack's graph
+
+    @model_validator(mode="after")
+    def _complete(self) -> CreateCheckoutRequest:
+        if self.kind == "credit_pack":
+            if not self.pack or not self.graph_id:
+                raise ValueError("a credit_pack checkout names the pack and the graph_id")
+        elif not self.plan_name:
+            raise ValueError("plan_name is required")
+        elif self.resource_type == "graph" and self.resource_config is None:
+            raise ValueError("resource_config is required for a graph")
+        return self
 
 
 class CheckoutResponse(BaseModel):
@@ -52,6 +71,7 @@ class CheckoutResponse(BaseModel):
     billing_disabled: bool = False
     status: str | None = None  # [ours] the subscription status
     expires_at: str | None = None  # [ours] when the checkout session ends unpaid
+    purchase_id: str | None = None  # [ours] a credit pack purchase (kind credit_pack)
 
 
 class CheckoutStatusResponse(BaseModel):
@@ -113,6 +133,66 @@ class GraphSubscriptionResponse(BaseModel):
     cancel_at_period_end: bool = False  # [ours]
     ends_at: str | None = None  # [ours]
     failure_reason: str | None = None  # [ours]
+    quantity: int = 1  # [ours] seats of a per-seat plan
+    scheduled_change: ScheduledChangeView | None = None  # [ours] a period-end change waiting to take effect
+
+
+class ScheduledChangeView(BaseModel):
+    change_id: str
+    plan_name: str
+    quantity: int
+    effective_at: str | None
+
+
+class PlanChangeRequest(_In):
+    """``…/change`` and ``…/change/preview``: the target plan and/or seats (unchanged when omitted)."""
+
+    plan_name: str | None = Field(default=None, min_length=1, max_length=100)
+    quantity: int | None = Field(default=None, ge=1, le=100_000)
+    billing_interval: Literal["monthly", "annual"] | None = None
+    when: Literal["immediate", "period_end"] | None = None  # default: upgrades now, downgrades at period end
+    proration_date: int | None = Field(default=None, ge=0, le=10**11)  # epoch seconds of a preview
+
+
+class ChangePreviewLine(BaseModel):
+    description: str
+    amount: int
+
+
+class ChangePreviewResponse(BaseModel):
+    amount_due_now: int
+    currency: str
+    lines: list[ChangePreviewLine]
+    next_invoice_total: int
+    effective_at: str | None
+    proration_date: int
+    when: str
+    direction: str
+    plan_name: str
+    quantity: int
+
+
+class PlanChangeView(BaseModel):
+    id: str
+    status: str
+    when: str
+    direction: str
+    from_plan: str
+    to_plan: str
+    from_quantity: int
+    to_quantity: int
+    amount_due_now: int
+    currency: str
+    effective_at: str | None
+    provider_invoice_id: str | None
+    failure_reason: str | None
+    created_at: str
+    applied_at: str | None
+
+
+class PlanChangeResponse(BaseModel):
+    subscription: GraphSubscriptionResponse
+    change: PlanChangeView
 
 
 class InvoiceLineItem(BaseModel):
@@ -241,6 +321,8 @@ class ServiceOfferingsResponse(BaseModel):
     repository_subscriptions: RepositorySubscriptions
     operation_costs: OperationCosts
     summary: ServiceOfferingSummary
+    seat_plans: list[dict[str, Any]] = Field(default_factory=list)  # [ours] per-seat org plans
+    credit_packs: list[dict[str, Any]] = Field(default_factory=list)  # [ours] one-time credit packs
 
 
 class GraphTierInstance(BaseModel):

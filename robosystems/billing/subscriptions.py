@@ -217,8 +217,10 @@ def confirm_payment(
     the provisioning task enqueued through the outbox in the same transaction, so exactly once per transition
     (the provider's event or an operator's mark-paid, whichever comes first).  False when nothing changed."""
     result = apply_transition(session, sub_id, "provisioning", actor=actor, reason=reason, data=data)
-    if result.changed:
+    if result.changed and result.subscription.resource_type == "graph":
         outbox.enqueue(session, PROVISION_GRAPH_TASK, [sub_id])
+    elif result.changed:  # seats: nothing to build, the paid subscription is live at once
+        apply_transition(session, sub_id, "active", actor=actor, reason=reason, data=data)
     return result.changed
 
 
@@ -265,6 +267,7 @@ def create_subscription(
     request_fingerprint: str | None = None,
     actor: Actor | str | None = None,
     metadata: dict[str, Any] | None = None,
+    quantity: int = 1,
 ) -> tuple[BillingSubscription, bool]:
     """Insert a subscription in ``pending_payment`` (or ``provisioning`` when billing is disabled).
 
@@ -284,6 +287,7 @@ def create_subscription(
         "plan_name": plan_name,
         "billing_interval": billing_interval,
         "base_price_cents": base_price_cents,
+        "quantity": quantity,
         "status": status,
         "payment_provider": payment_provider,
         "idempotency_key": idempotency_key,

@@ -25,8 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from robosystems.auth.deps import Principal
 from robosystems.auth.service import AuthResult, create_account, mask_email, normalize_email
 from robosystems.auth.sessions import active_membership, open_session
+from robosystems.billing import entitlements
 from robosystems.errors import (
-    AppError,
     Conflict,
     Forbidden,
     Gone,
@@ -48,8 +48,7 @@ from robosystems.services import AppServices
 MAIL_KIND = "org_invitation"
 
 
-class MemberLimitReached(AppError):
-    status_code, code, detail = 409, "member_limit_reached", "The organization has reached its member limit"
+MemberLimitReached = entitlements.MemberLimitReached
 
 
 def invitation_not_found() -> NotFound:
@@ -117,32 +116,6 @@ async def _send_invitation_mail(
     )
 
 
-async def _member_cap_reached(
-    session: AsyncSession, services: AppServices, org_id: str, *, with_pending: bool
-) -> bool:
-    cap = services.settings.org_max_members
-    if cap < 0:
-        return False
-    members = (
-        await session.execute(
-            select(func.count()).select_from(OrgUser).where(OrgUser.org_id == org_id, OrgUser.is_active.is_(True))
-        )
-    ).scalar_one()
-    pending = 0
-    if with_pending:
-        pending = (
-            await session.execute(
-                select(func.count())
-                .select_from(OrgInvitation)
-                .where(
-                    OrgInvitation.org_id == org_id, OrgInvitation.status == "pending",
-                    OrgInvitation.expires_at > _now(),
-                )
-            )
-        ).scalar_one()
-    return int(members) + int(pending) >= cap
-
-
 async def _is_member(session: AsyncSession, org_id: str, email: str) -> bool:
     found = (
         await session.execute(
@@ -190,8 +163,7 @@ async def invite_member(
             "An invitation for this email is already pending; resend or revoke it", code="already_invited",
             extra={"invitation_id": live.id},
         )
-    if await _member_cap_reached(session, services, org_id, with_pending=True):
-        raise MemberLimitReached(extra={"limit": services.settings.org_max_members})
+    await entitlements.require_member_slot(session, org_id, with_pending=True, settings=services.settings)
     token = random_token()
     expires_at = now + timedelta(hours=services.settings.invitation_ttl_hours)
     invitation_id = new_id("inv")
@@ -419,8 +391,8 @@ async def _join(session: AsyncSession, services: AppServices, inv: LiveInvitatio
             )
         )
     ).first()
-    if already is None and await _member_cap_reached(session, services, inv.org_id, with_pending=False):
-        raise MemberLimitReached(extra={"limit": services.settings.org_max_members})
+    if already is None:  # seat and member limits checked again at accept (the invitation itself held a slot)
+        await entitlements.require_member_slot(session, inv.org_id, with_pending=False, settings=services.settings)
     claimed = (
         await session.execute(
             update(OrgInvitation)

@@ -141,6 +141,7 @@ def create_invoice(
     lines: Sequence[LineItemInput] = (),
     numbered_at: datetime | None = None,
     actor: Actor | str | None = None,
+    billing_reason: str | None = None,
 ) -> BillingInvoice:
     """Insert a numbered invoice (+ line items) and its ``invoice_generated`` audit row."""
     if status not in INVOICE_STATUSES:
@@ -172,6 +173,7 @@ def create_invoice(
             payment_method=payment_method,
             payment_reference=payment_reference,
             notes=notes,
+            billing_reason=billing_reason,
         )
     )
     _insert_lines(session, invoice_id, lines)
@@ -271,6 +273,7 @@ class _ParsedInvoice:
     invoice_pdf: str | None
     subscription_ref: str | None
     lines: list[dict[str, Any]]
+    billing_reason: str | None = None
 
 
 def _parse(inv: Mapping[str, Any]) -> _ParsedInvoice:
@@ -342,6 +345,7 @@ def _parse(inv: Mapping[str, Any]) -> _ParsedInvoice:
         invoice_pdf=pdf if isinstance(pdf, str) else None,
         subscription_ref=provider_subscription_ref(inv),
         lines=lines,
+        billing_reason=str(inv["billing_reason"])[:40] if isinstance(inv.get("billing_reason"), str) else None,
     )
 
 
@@ -436,6 +440,7 @@ def upsert_from_provider(
             payment_reference=parsed.provider_id,
             lines=_line_inputs(session, org_id, parsed, sub, set()),
             actor=actor,
+            billing_reason=parsed.billing_reason,
         )
 
     inv = existing
@@ -454,6 +459,7 @@ def upsert_from_provider(
         inv.paid_at = inv.paid_at or parsed.paid_at or _now()
     if inv.subscription_id is None and sub is not None:
         inv.subscription_id = sub.id
+    inv.billing_reason = inv.billing_reason or parsed.billing_reason
     inv.updated_at = _now()
     seen = {
         str(v)

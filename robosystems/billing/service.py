@@ -33,6 +33,7 @@ from robosystems.billing.schemas import (
     InvoicesResponse,
     PaymentMethod,
     PortalSessionResponse,
+    ScheduledChangeView,
     UpcomingInvoice,
     UpdatePaymentMethodResponse,
 )
@@ -40,6 +41,7 @@ from robosystems.config import Settings
 from robosystems.errors import Conflict, NotFound, ServiceUnavailable
 from robosystems.models import Org
 from robosystems.models.billing import BillingInvoice, BillingInvoiceLineItem, BillingSubscription
+from robosystems.models.billing_depth import BillingPlanChange
 from robosystems.orgs.access import OrgAccess
 from robosystems.orgs.policy import Action
 from robosystems.payments.base import PaymentProvider
@@ -169,7 +171,9 @@ async def create_portal_session(
 # --- subscriptions -----------------------------------------------------------------------------------------------
 
 
-def subscription_view(sub: BillingSubscription) -> GraphSubscriptionResponse:
+def subscription_view(
+    sub: BillingSubscription, scheduled: BillingPlanChange | None = None
+) -> GraphSubscriptionResponse:
     return GraphSubscriptionResponse(
         id=sub.id,
         resource_type=sub.resource_type,
@@ -187,7 +191,34 @@ def subscription_view(sub: BillingSubscription) -> GraphSubscriptionResponse:
         cancel_at_period_end=sub.cancel_at_period_end,
         ends_at=_iso(sub.ends_at),
         failure_reason=sub.failure_reason,
+        quantity=sub.quantity,
+        scheduled_change=None
+        if scheduled is None
+        else ScheduledChangeView(
+            change_id=scheduled.id,
+            plan_name=scheduled.to_plan,
+            quantity=scheduled.to_quantity,
+            effective_at=_iso(scheduled.effective_at),
+        ),
     )
+
+
+async def _scheduled(session: AsyncSession, sub_ids: list[str]) -> dict[str, BillingPlanChange]:
+    if not sub_ids:
+        return {}
+    rows = (
+        await session.execute(
+            select(BillingPlanChange).where(
+                BillingPlanChange.subscription_id.in_(sub_ids), BillingPlanChange.status == "scheduled"
+            )
+        )
+    ).scalars()
+    return {row.subscription_id: row for row in rows}
+
+
+async def subscription_view_async(session: AsyncSession, sub: BillingSubscription) -> GraphSubscriptionResponse:
+    """The subscription with its scheduled change (if any)."""
+    return subscription_view(sub, (await _scheduled(session, [sub.id])).get(sub.id))
 
 
 async def list_subscriptions(
@@ -202,7 +233,9 @@ async def list_subscriptions(
             .offset(offset)
         )
     ).scalars()
-    return [subscription_view(sub) for sub in rows]
+    subs_list = list(rows)
+    scheduled = await _scheduled(session, [sub.id for sub in subs_list])
+    return [subscription_view(sub, scheduled.get(sub.id)) for sub in subs_list]
 
 
 async def _subscription(session: AsyncSession, org_id: str, sub_id: str, *, lock: bool = False) -> BillingSubscription:
@@ -216,7 +249,7 @@ async def _subscription(session: AsyncSession, org_id: str, sub_id: str, *, lock
 
 
 async def get_subscription(session: AsyncSession, org_id: str, sub_id: str) -> GraphSubscriptionResponse:
-    return subscription_view(await _subscription(session, org_id, sub_id))
+    return await subscription_view_async(session, await _subscription(session, org_id, sub_id))
 
 
 async def cancel_subscription(

@@ -125,7 +125,8 @@ class BillingSubscription(Base):
     plan_name: Mapped[str] = mapped_column(String, nullable=False)
     billing_interval: Mapped[str] = mapped_column(String, nullable=False, server_default="monthly", default="monthly")
     base_price_cents: Mapped[int] = mapped_column(Integer, nullable=False)
-    quantity: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1", default=1)  # seats (b9c0d1e2f3a4)
+    #: seats of a per-seat plan, 1 for a graph (b9c0d1e2f3a4)
+    quantity: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1", default=1)
     stripe_subscription_id: Mapped[str | None] = mapped_column(String)  # legacy column
     stripe_product_id: Mapped[str | None] = mapped_column(String)
     stripe_price_id: Mapped[str | None] = mapped_column(String)

@@ -20,13 +20,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from robosystems.billing import credits, customers, invoices
+from robosystems.billing import credit_packs, customers, invoices, provider_sync
 from robosystems.billing import subscriptions as subs
 from robosystems.billing.audit import SYSTEM, record_billing_event
 from robosystems.billing.plans import get_catalog
@@ -39,7 +38,6 @@ log = logging.getLogger("robosystems.webhooks.handlers")
 
 PROCESS_EVENT_TASK = "robosystems.webhooks.process_event"
 PAID_CHECKOUT = frozenset({"paid", "no_payment_required"})
-GRANTABLE_STATES = frozenset({"active", "past_due", "unpaid"})
 
 
 @dataclass(frozen=True)
@@ -244,29 +242,13 @@ def _bump(sub: BillingSubscription, event_at: datetime) -> None:
         sub.last_event_at = event_at
 
 
-def _monthly_credits(ctx: WorkerContext, plan_name: str) -> Decimal:
-    plan = get_catalog(ctx.settings.billing_plans_file).plan(plan_name)
-    return Decimal(str(plan.monthly_credits))
-
-
 def grant_invoice_credits(
     session: Session, ctx: WorkerContext, sub: BillingSubscription, invoice: BillingInvoice
 ) -> str:
-    """Credits of a paid invoice for the subscription's graph (once per invoice).  Before the graph exists the
-    provisioning task grants them (same key), so here it is only done for a provisioned graph."""
-    if sub.resource_type != "graph" or not sub.resource_id or sub.status not in GRANTABLE_STATES:
-        return "credits_at_provisioning"
-    amount = _monthly_credits(ctx, sub.plan_name)
-    if amount <= 0:
-        return "plan_has_no_credits"
-    granted = credits.grant_for_invoice(
-        session,
-        sub.resource_id,
-        invoice.id,
-        amount,
-        description=f"Monthly credits ({sub.plan_name}) for invoice {invoice.invoice_number}",
-    )
-    return "credits_granted" if granted else "credits_already_granted"
+    """The credits of a paid period invoice for the subscription's graph: the allocation RESETS (once per invoice).
+    Before the graph exists the provisioning task grants them (same key), so here it is only done for a provisioned
+    graph."""
+    return provider_sync.reset_credits(session, get_catalog(ctx.settings.billing_plans_file), sub, invoice)
 
 
 # --- handlers ----------------------------------------------------------------------------------------------------
@@ -302,7 +284,11 @@ def start_provisioning(session: Session, sub: BillingSubscription, ev: Any, data
 
 
 def checkout_completed(session: Session, ctx: WorkerContext, ev: Any) -> Outcome:
-    """``checkout.session.completed`` / ``async_payment_succeeded``: paid -> provisioning + provisioning task."""
+    """``checkout.session.completed`` / ``async_payment_succeeded``: paid -> provisioning + provisioning task; a paid
+    one-time (``mode: payment``) session grants its credit pack."""
+    if ev.object.get("mode") == "payment":
+        note = credit_packs.checkout_paid(session, ev.object, ev.id)
+        return ignored(note) if note == "unknown_credit_purchase" else processed(note)
     if ev.object.get("mode") not in (None, "subscription"):
         return ignored("not_a_subscription_checkout")
     sub, cs = _checkout_subscription(session, ev)
@@ -331,6 +317,10 @@ def checkout_completed(session: Session, ctx: WorkerContext, ev: Any) -> Outcome
 
 def checkout_ended(session: Session, ctx: WorkerContext, ev: Any) -> Outcome:
     """``checkout.session.async_payment_failed`` -> canceled; ``checkout.session.expired`` -> expired."""
+    if ev.object.get("mode") == "payment":
+        status = "expired" if ev.type == "checkout.session.expired" else "canceled"
+        note = credit_packs.checkout_closed(session, ev.object, status)
+        return ignored(note) if note == "unknown_credit_purchase" else processed(note)
     sub, cs = _checkout_subscription(session, ev)
     if sub is None:
         return ignored("unknown_subscription")
@@ -385,6 +375,10 @@ def subscription_changed(session: Session, ctx: WorkerContext, ev: Any) -> Outco
     note = apply_status(
         session, sub, target, ev, settings_backoff=backoff_seconds(ctx.settings, max(1, getattr(ev, "attempts", 1)))
     )
+    if ev.type != "customer.subscription.deleted":
+        catalog = get_catalog(ctx.settings.billing_plans_file)
+        plan_note = provider_sync.on_subscription(session, catalog, sub, obj, ev.type, ev.created)
+        note = ",".join(n for n in (note, plan_note) if n) or None
     return processed(note)
 
 
@@ -427,12 +421,17 @@ def invoice_changed(session: Session, ctx: WorkerContext, ev: Any) -> Outcome:
     if sub is None:
         return processed("invoice_without_subscription")
     stale = subs.is_stale(sub, ev.created)
-    if ev.type in ("invoice.paid", "invoice.payment_succeeded") and local.status == "paid":
+    catalog = get_catalog(ctx.settings.billing_plans_file)
+    if inv.get("billing_reason") == provider_sync.UPDATE_REASON and ev.type != "invoice.finalized":
+        # the proration invoice of a plan / seat change: it applies the change, never moves the status
+        if ev.type in ("invoice.paid", "invoice.payment_succeeded", "invoice.payment_failed"):
+            notes.append(provider_sync.on_update_invoice(session, catalog, sub, inv, ev.type, ev.created))
+    elif ev.type in ("invoice.paid", "invoice.payment_succeeded") and local.status == "paid":
         if sub.status == "pending_payment" and sub.provider_checkout_session_id is None:
             # billed without checkout (method on file / invoice): this payment is the confirmation
             start_provisioning(session, sub, ev, {"invoice_id": local.id})
             notes.append("provisioning_requested")
-        notes.append(grant_invoice_credits(session, ctx, sub, local))
+        notes.append(provider_sync.on_period_invoice_paid(session, catalog, sub, local, inv, ev.type, ev.created))
         if sub.status in ("past_due", "unpaid") and not stale:
             notes.append(apply_status(session, sub, "active", ev, settings_backoff=0) or "reactivated")
     elif ev.type == "invoice.payment_failed" and sub.status == "active" and not stale:
@@ -468,7 +467,28 @@ def payment_method_attached(session: Session, ctx: WorkerContext, ev: Any) -> Ou
     return processed()
 
 
+def customer_updated(session: Session, ctx: WorkerContext, ev: Any) -> Outcome:
+    """``customer.updated``: the default payment method changed at the provider (e.g. in its portal)."""
+    obj = ev.object
+    org_id = _org_for_customer(session, _ref(obj.get("id")))
+    if org_id is None:
+        return ignored("unknown_customer")
+    pm_id = _ref(_mapping(obj.get("invoice_settings")).get("default_payment_method"))
+    customer = session.execute(
+        select(BillingCustomer).where(BillingCustomer.org_id == org_id).with_for_update()
+    ).scalar_one()
+    if pm_id is None or pm_id == customer.default_payment_method_id:
+        return processed("default_payment_method_unchanged")
+    from robosystems.payments.factory import get_provider
+
+    info = get_provider(ctx.settings).retrieve_payment_method(pm_id)
+    customers.record_payment_method(session, org_id, payment_method_id=info.id, summary=info.summary(), actor=SYSTEM)
+    return processed("default_payment_method_changed")
+
+
 HANDLERS: dict[str, Handler] = {
+    "customer.updated": customer_updated,
+    "invoice.voided": invoice_changed,
     "checkout.session.completed": checkout_completed,
     "checkout.session.async_payment_succeeded": checkout_completed,
     "checkout.session.async_payment_failed": checkout_ended,

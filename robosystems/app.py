@@ -25,6 +25,7 @@ from robosystems.auth.tokens import TokenCodec
 from robosystems.auth.user_router import router as user_router
 from robosystems.billing.plans import get_catalog
 from robosystems.billing.router import offering_router as billing_offering_router
+from robosystems.billing.router import org_router as billing_org_router
 from robosystems.billing.router import pages_router as billing_pages_router
 from robosystems.billing.router import router as billing_router
 from robosystems.config import Settings, get_settings
@@ -133,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin_billing_router)
     app.include_router(billing_offering_router)  # before any /v1/graphs/{graph_id} route
     app.include_router(billing_router)
+    app.include_router(billing_org_router)
     app.include_router(billing_pages_router)
     app.include_router(local_payments_router)
     app.include_router(graphs_router)  # after billing_offering_router (/v1/graphs/tiers)

@@ -8,6 +8,7 @@
   billing_contact_name?, reason}``
 * ``POST /credits/{graph_id}/adjust`` ``{amount, reason, idempotency_key?}``
 * ``GET  /orgs/deleted?limit=&offset=``, ``POST /orgs/{org_id}/restore`` ``{reason}``
+* ``PUT  /orgs/{org_id}/entitlements/{key}`` ``{value, expires_at?, reason}`` (``value: null`` removes the override)
 * ``GET  /audit?org_id=&event_type=&subscription_id=&invoice_id=&since=&until=&limit=&offset=``
 
 Every change names a reason and writes an audit row (actor type ``admin``).
@@ -23,6 +24,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from robosystems.admin import billing_service as service
 from robosystems.admin.deps import require_admin
 from robosystems.auth.deps import DbSession, Services
+from robosystems.billing import entitlement_admin
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"], include_in_schema=False, dependencies=[Depends(require_admin)])
 
@@ -91,6 +93,18 @@ async def list_deleted_orgs(db: DbSession, services: Services, limit: Limit = 50
 @router.post("/orgs/{org_id}/restore")
 async def restore_org(org_id: Id, body: service.Restore, db: DbSession, services: Services) -> dict[str, Any]:
     return await service.restore_org(db, services.settings, org_id, body)
+
+
+@router.put("/orgs/{org_id}/entitlements/{key}")
+async def set_entitlement_override(
+    org_id: Id,
+    key: Annotated[str, Path(min_length=1, max_length=64)],
+    body: entitlement_admin.OverrideRequest,
+    db: DbSession,
+    services: Services,
+) -> dict[str, Any]:
+    """Override one entitlement of an org (``value: null`` removes it); audited with the reason."""
+    return await entitlement_admin.set_override(db, services.settings, org_id, key, body)
 
 
 @router.get("/audit")

@@ -4,21 +4,34 @@ the page checkout returns to (``/billing/checkout/return``).  Thin handlers: one
 from __future__ import annotations
 
 from html import escape
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.responses import HTMLResponse
+from pydantic import BaseModel
 
 from robosystems.auth.deps import CurrentPrincipal, DbSession, Services
-from robosystems.billing import checkout, offering, service
+from robosystems.billing import (
+    checkout,
+    entitlement_admin,
+    entitlements,
+    offering,
+    plan_changes,
+    portal,
+    purchase,
+    service,
+)
 from robosystems.billing.schemas import (
     AvailableGraphTiersResponse,
     BillingCustomer,
+    ChangePreviewResponse,
     CheckoutResponse,
     CheckoutStatusResponse,
     CreateCheckoutRequest,
     GraphSubscriptionResponse,
     InvoicesResponse,
+    PlanChangeRequest,
+    PlanChangeResponse,
     PortalSessionResponse,
     ServiceOfferingsResponse,
     UpcomingInvoice,
@@ -33,6 +46,7 @@ from robosystems.payments.factory import get_provider
 from robosystems.services import AppServices, get_services
 
 router = APIRouter(prefix="/v1/billing", tags=["billing"])
+org_router = APIRouter(prefix="/v1/orgs", tags=["billing"])
 offering_router = APIRouter(tags=["service-offerings"])
 pages_router = APIRouter(include_in_schema=False)
 
@@ -46,6 +60,7 @@ ViewBilling = Annotated[OrgAccess, Depends(require(Action.VIEW_BILLING))]
 ManageBilling = Annotated[OrgAccess, Depends(require(Action.MANAGE_BILLING))]
 ManagePaymentMethod = Annotated[OrgAccess, Depends(require(Action.MANAGE_PAYMENT_METHOD))]
 ViewInvoices = Annotated[OrgAccess, Depends(require(Action.VIEW_INVOICES))]
+ViewLimits = Annotated[OrgAccess, Depends(require(Action.VIEW_LIMITS))]
 SubscriptionId = Annotated[str, Path(min_length=1, max_length=64)]
 SessionId = Annotated[str, Path(min_length=1, max_length=255)]
 Limit = Annotated[int, Query(ge=1, le=100)]
@@ -62,14 +77,14 @@ async def create_checkout_session(
     provider: Provider,
     idempotency_key: IdempotencyKey = None,
 ) -> CheckoutResponse:
-    return await checkout.create_checkout(db, services.settings, provider, principal, body, idempotency_key)
+    return await purchase.create(db, services.settings, provider, principal, body, idempotency_key)
 
 
 @router.get("/checkout/{session_id}/status", response_model=CheckoutStatusResponse)
 async def get_checkout_status(
     session_id: SessionId, principal: CurrentPrincipal, db: DbSession
 ) -> CheckoutStatusResponse:
-    return await checkout.checkout_status(db, principal, session_id)
+    return await purchase.status(db, principal, session_id)
 
 
 @router.get("/customer/{org_id}", response_model=BillingCustomer)
@@ -88,7 +103,19 @@ async def update_org_payment_method(
 async def create_portal_session(
     access: ManageBilling, db: DbSession, services: Services, provider: Provider
 ) -> PortalSessionResponse:
-    return await service.create_portal_session(db, services.settings, provider, access)
+    return PortalSessionResponse(portal_url=await portal.portal_url(db, services.settings, provider, access))
+
+
+class PortalUrlResponse(BaseModel):
+    url: str
+
+
+@router.post("/portal/{org_id}", response_model=PortalUrlResponse)
+async def create_billing_portal(
+    access: ManageBilling, db: DbSession, services: Services, provider: Provider
+) -> PortalUrlResponse:
+    """The provider's customer portal for the org (payment method, invoices with PDFs, cancel)."""
+    return PortalUrlResponse(url=await portal.portal_url(db, services.settings, provider, access))
 
 
 @router.get("/subscriptions/{org_id}", response_model=list[GraphSubscriptionResponse])
@@ -112,6 +139,48 @@ async def cancel_org_subscription(
     return await service.cancel_subscription(db, provider, access, subscription_id)
 
 
+@router.post(
+    "/subscriptions/{org_id}/subscription/{subscription_id}/change/preview", response_model=ChangePreviewResponse
+)
+async def preview_subscription_change(
+    subscription_id: SubscriptionId,
+    body: PlanChangeRequest,
+    access: ManageBilling,
+    db: DbSession,
+    services: Services,
+    provider: Provider,
+) -> ChangePreviewResponse:
+    return await plan_changes.preview(db, services.settings, provider, access, subscription_id, body)
+
+
+@router.post(
+    "/subscriptions/{org_id}/subscription/{subscription_id}/change",
+    response_model=PlanChangeResponse,
+    responses={202: {"model": PlanChangeResponse, "description": "the change waits for its invoice to be paid"}},
+)
+async def change_subscription(
+    subscription_id: SubscriptionId,
+    body: PlanChangeRequest,
+    access: ManageBilling,
+    db: DbSession,
+    services: Services,
+    provider: Provider,
+    response: Response,
+) -> PlanChangeResponse:
+    status, result = await plan_changes.change(db, services, provider, access, subscription_id, body)
+    response.status_code = status
+    return result
+
+
+@router.delete(
+    "/subscriptions/{org_id}/subscription/{subscription_id}/scheduled-change", response_model=GraphSubscriptionResponse
+)
+async def cancel_scheduled_change(
+    subscription_id: SubscriptionId, access: ManageBilling, db: DbSession, services: Services, provider: Provider
+) -> GraphSubscriptionResponse:
+    return await plan_changes.cancel_scheduled(db, services.settings, provider, access, subscription_id)
+
+
 @router.get("/invoices/{org_id}", response_model=InvoicesResponse)
 async def list_org_invoices(
     access: ViewInvoices, db: DbSession, limit: Limit = 50, offset: Offset = 0
@@ -122,6 +191,23 @@ async def list_org_invoices(
 @router.get("/invoices/{org_id}/upcoming", response_model=UpcomingInvoice | None)
 async def get_org_upcoming_invoice(access: ViewInvoices, db: DbSession) -> UpcomingInvoice | None:
     return await service.upcoming_invoice(db, access.org_id)
+
+
+# --- entitlements (/v1/orgs) ---------------------------------------------------------------------------------
+
+
+@org_router.get("/{org_id}/entitlements")
+async def get_org_entitlements(access: ViewLimits, db: DbSession, services: Services) -> dict[str, Any]:
+    """Features and limits of the org: its plans + operator overrides (robosystems.billing.entitlements)."""
+    return (await entitlements.entitlements(db, access.org_id, settings=services.settings)).payload()
+
+
+@org_router.put("/{org_id}/credits/threshold")
+async def set_credits_low_threshold(
+    body: entitlement_admin.ThresholdRequest, access: ManageBilling, db: DbSession
+) -> dict[str, Any]:
+    """The balance below which a graph of the org emits ``credits.low`` (null: CREDITS_LOW_THRESHOLD_PERCENT)."""
+    return await entitlement_admin.set_low_threshold(db, access, body)
 
 
 # --- public ------------------------------------------------------------------------------------------------------

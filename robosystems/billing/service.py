@@ -32,12 +32,10 @@ from robosystems.billing.schemas import (
     InvoiceLineItem,
     InvoicesResponse,
     PaymentMethod,
-    PortalSessionResponse,
     ScheduledChangeView,
     UpcomingInvoice,
     UpdatePaymentMethodResponse,
 )
-from robosystems.config import Settings
 from robosystems.errors import Conflict, NotFound, ServiceUnavailable
 from robosystems.models import Org
 from robosystems.models.billing import BillingInvoice, BillingInvoiceLineItem, BillingSubscription
@@ -146,26 +144,6 @@ async def update_payment_method(
         message="Payment method updated",
         payment_method=_payment_methods(info.id, info.summary())[0],
     )
-
-
-async def create_portal_session(
-    session: AsyncSession, settings: Settings, provider: PaymentProvider, access: OrgAccess
-) -> PortalSessionResponse:
-    _, customer_id = await _ensure_customer(session, provider, access)
-    return_url = settings.billing_portal_return_url or f"{settings.base_url}/"
-    url = await run_in_threadpool(
-        lambda: provider.create_portal_session(customer_id=customer_id, return_url=return_url)
-    )
-    await session.run_sync(
-        lambda s: record_for_actor(
-            s,
-            "portal_session_created",
-            Actor.user(access.user_id),
-            org_id=access.org_id,
-            description="Billing portal opened",
-        )
-    )
-    return PortalSessionResponse(portal_url=url)
 
 
 # --- subscriptions -----------------------------------------------------------------------------------------------

@@ -113,25 +113,97 @@ async def cancel(session_id: SessionId, request: Request, services: Services) ->
     return _html(pages.session_page(view, delivered=delivered), 200 if view.status == "complete" else 410)
 
 
+PortalId = Annotated[str, Path(min_length=8, max_length=80, pattern=r"^bps_[A-Za-z0-9_]+$")]
+
+
+def _portal_gone() -> HTMLResponse:
+    return _html(pages.message_page("Billing portal", "This portal link has expired.", status="expired", ok=False), 410)
+
+
+async def _portal(provider: LocalPaymentProvider, portal_id: str, error: str | None = None) -> Response:
+    try:
+        view = await run_in_threadpool(provider.portal, portal_id)
+    except ProviderObjectMissing:
+        return _not_found()
+    if view.expired:
+        return _portal_gone()
+    return _html(pages.portal_page(view, error=error), 200 if error is None else 402)
+
+
 @router.get("/portal/{portal_id}")
-async def portal_page(
-    portal_id: Annotated[str, Path(min_length=8, max_length=80, pattern=r"^bps_[A-Za-z0-9_]+$")],
+async def portal_page(portal_id: PortalId, services: Services) -> Response:
+    """The customer portal: payment method (update), subscriptions (cancel), invoices (PDF links)."""
+    provider = _provider(services)
+    return _not_found() if provider is None else await _portal(provider, portal_id)
+
+
+async def _portal_action(provider: LocalPaymentProvider, portal_id: str) -> Response | None:
+    """None when the portal session may act (exists, not expired)."""
+    try:
+        view = await run_in_threadpool(provider.portal, portal_id)
+    except ProviderObjectMissing:
+        return _not_found()
+    return _portal_gone() if view.expired else None
+
+
+def _back(portal_id: str) -> RedirectResponse:
+    return RedirectResponse(
+        f"/billing/local/portal/{portal_id}", status_code=303, headers={"Cache-Control": "no-store"}
+    )
+
+
+@router.post("/portal/{portal_id}/payment-method")
+async def portal_payment_method(
+    portal_id: PortalId,
+    request: Request,
+    services: Services,
+    card_number: Annotated[str, Form(max_length=40)] = "",
+) -> Response:
+    provider = _provider(services)
+    if provider is None:
+        return _not_found()
+    if (refused := await _portal_action(provider, portal_id)) is not None:
+        return refused
+    error = await run_in_threadpool(provider.portal_update_card, portal_id, card_number)
+    if error is not None:
+        return await _portal(provider, portal_id, error)
+    customer_id = (await run_in_threadpool(provider.portal, portal_id)).customer_id
+    await provider.deliver_object("customers", customer_id, sender_for(request, services))
+    return _back(portal_id)
+
+
+@router.post("/portal/{portal_id}/subscriptions/{subscription_id}/cancel")
+async def portal_cancel(
+    portal_id: PortalId,
+    subscription_id: Annotated[str, Path(min_length=8, max_length=80, pattern=r"^sub_[A-Za-z0-9_]+$")],
+    request: Request,
     services: Services,
 ) -> Response:
     provider = _provider(services)
     if provider is None:
         return _not_found()
+    if (refused := await _portal_action(provider, portal_id)) is not None:
+        return refused
     try:
-        portal = (await run_in_threadpool(provider.store.get, "portal_sessions", portal_id))["object"]
-        customer = (await run_in_threadpool(provider.store.get, "customers", portal["customer"]))["object"]
+        canceled = await run_in_threadpool(provider.portal_cancel, portal_id, subscription_id)
     except ProviderObjectMissing:
         return _not_found()
-    pm_id = customer["invoice_settings"].get("default_payment_method")
-    summary = "none"
-    if pm_id:
-        try:
-            card = (await run_in_threadpool(provider.store.get, "payment_methods", pm_id))["object"]["card"]
-            summary = f"{card['brand']} •••• {card['last4']} (exp {card['exp_month']:02d}/{card['exp_year']})"
-        except ProviderObjectMissing:
-            summary = pm_id
-    return _html(pages.portal_page(customer["id"], summary, portal["return_url"]))
+    if canceled:
+        await provider.deliver_object("subscriptions", subscription_id, sender_for(request, services))
+    return _back(portal_id)
+
+
+@router.get("/invoices/{invoice_id}.pdf")
+async def invoice_pdf(
+    invoice_id: Annotated[str, Path(min_length=8, max_length=80, pattern=r"^in_[A-Za-z0-9_]+$")], services: Services
+) -> Response:
+    """An invoice as PDF (the unguessable invoice id is the capability, like Stripe's ``invoice_pdf`` links)."""
+    provider = _provider(services)
+    if provider is None:
+        return _not_found()
+    try:
+        pdf = await run_in_threadpool(provider.invoice_pdf, invoice_id)
+    except ProviderObjectMissing:
+        return _not_found()
+    headers = {**pages.SECURITY_HEADERS, "Content-Disposition": f'inline; filename="{invoice_id}.pdf"'}
+    return Response(pdf, media_type="application/pdf", headers=headers)

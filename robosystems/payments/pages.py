@@ -8,6 +8,7 @@ from importlib import resources
 from string import Template
 
 from robosystems.payments.local import CheckoutView
+from robosystems.payments.local_changes import PortalView
 
 #: Served with every page: nothing but our own inline styles, never framed.
 SECURITY_HEADERS = {
@@ -81,10 +82,42 @@ def session_page(view: CheckoutView, *, delivered: bool) -> str:
     )
 
 
-def portal_page(customer_id: str, payment_method: str, return_url: str) -> str:
+def portal_page(view: PortalView, *, error: str | None = None) -> str:
+    base = f"/billing/local/portal/{escape(view.portal_id, quote=True)}"
+    subscriptions = (
+        "".join(
+            "<tr>"
+            f'<td>{escape(sub.description)}</td><td class="status" data-status="{escape(sub.status, quote=True)}">'
+            f"{escape(sub.status)}{' (cancels at period end)' if sub.cancel_at_period_end else ''}</td>"
+            f"<td>{f'renews {sub.current_period_end:%Y-%m-%d}' if sub.current_period_end else ''}</td><td>"
+            + (
+                ""
+                if sub.cancel_at_period_end or sub.status == "canceled"
+                else f'<form method="post" action="{base}/subscriptions/{escape(sub.id, quote=True)}/cancel">'
+                f'<button type="submit" class="cancel" id="cancel-{escape(sub.id, quote=True)}">Cancel</button></form>'
+            )
+            + "</td></tr>"
+            for sub in view.subscriptions
+        )
+        or "<tr><td>No subscriptions</td></tr>"
+    )
+    invoices = (
+        "".join(
+            f'<tr class="invoice" data-invoice="{escape(inv.id, quote=True)}"><td>{escape(inv.number)}</td>'
+            f"<td>{inv.created:%Y-%m-%d}</td><td>{inv.amount_cents / 100:,.2f} {escape(inv.currency.upper())}</td>"
+            f"<td>{escape(inv.status)}</td>"
+            f'<td><a class="pdf" href="{escape(inv.pdf_url, quote=True)}">PDF</a></td></tr>'
+            for inv in view.invoices
+        )
+        or "<tr><td>No invoices</td></tr>"
+    )
     body = _template("portal.html").substitute(
-        customer_id=escape(customer_id),
-        payment_method=escape(payment_method),
-        return_url=escape(return_url, quote=True),
+        customer_id=escape(view.customer_id),
+        payment_method=escape(view.payment_method),
+        error=f'<p class="error" id="error">{escape(error)}</p>' if error else "",
+        card_action=f"{base}/payment-method",
+        subscriptions=subscriptions,
+        invoices=invoices,
+        return_url=escape(view.return_url, quote=True),
     )
     return layout("Billing portal", body)

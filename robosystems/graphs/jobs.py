@@ -22,13 +22,12 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any, TypeVar
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from robosystems.billing import credits
+from robosystems.billing import credits, entitlements, provider_sync
 from robosystems.billing.audit import record_billing_event
 from robosystems.billing.plans import get_catalog
 from robosystems.db import after_commit, make_async_engine, make_async_sessionmaker, sync_unit_of_work
@@ -40,7 +39,7 @@ from robosystems.graphs.provisioning import (
     period_grant_id,
     self_billed,
 )
-from robosystems.models import BillingSubscription
+from robosystems.models import BillingInvoice, BillingSubscription
 from robosystems.worker import outbox
 from robosystems.worker.context import WorkerContext
 
@@ -101,10 +100,11 @@ def allocate_monthly_credits(ctx: WorkerContext, *, now: datetime | None = None)
                 JOIN billing_subscriptions s ON s.id = i.subscription_id
                 JOIN graphs g ON g.graph_id = s.resource_id
                 WHERE i.status = 'paid' AND s.resource_type = 'graph'
+                  AND i.billing_reason IS DISTINCT FROM 'subscription_update'
                   AND s.status IN ('active', 'past_due', 'unpaid') AND s.provisioning_attempt > 0
                   AND i.created_at >= :since
                   AND NOT EXISTS (SELECT 1 FROM graph_credit_transactions t
-                                   WHERE t.idempotency_key = 'invoice:' || i.id)
+                                   WHERE t.idempotency_key IN ('invoice:' || i.id, 'expire:invoice:' || i.id))
                 ORDER BY i.created_at
                 """
             ),
@@ -117,16 +117,18 @@ def allocate_monthly_credits(ctx: WorkerContext, *, now: datetime | None = None)
                 if sub is None or not self_billed(sub) or sub.started_at is None or sub.resource_id is None:
                     continue
                 plan = lifecycle.plan_for(catalog, sub.plan_name, None)
-                if plan.monthly_credits <= 0 or credits.balance(session, sub.resource_id) is None:
+                if credits.balance(session, sub.resource_id) is None:
                     continue
+                monthly = entitlements.graph_entitlements(
+                    sub.resource_id, plan, entitlements.org_overrides_sync(session, sub.org_id)
+                ).value("monthly_credits")
                 index = months_between(sub.started_at, now)
-                if credits.grant_for_invoice(
+                if credits.reset_allocation(  # no rollover: each period resets the allocation
                     session,
                     sub.resource_id,
-                    period_grant_id(sub.id, index),
-                    Decimal(plan.monthly_credits),
+                    f"invoice:{period_grant_id(sub.id, index)}",
+                    monthly,
                     description=f"Monthly credits ({plan.name}), period {index + 1}",
-                    monthly_allocation=plan.monthly_credits,
                 ):
                     counts["period_grants"] += 1
         except Exception:  # noqa: BLE001 - one subscription must not stop the others
@@ -138,17 +140,9 @@ def allocate_monthly_credits(ctx: WorkerContext, *, now: datetime | None = None)
                 sub = session.execute(
                     select(BillingSubscription).where(BillingSubscription.id == row.subscription_id).with_for_update()
                 ).scalar_one()
-                plan = lifecycle.plan_for(catalog, sub.plan_name, None)
-                if plan.monthly_credits <= 0 or sub.resource_id is None:
-                    continue
-                if credits.grant_for_invoice(
-                    session,
-                    sub.resource_id,
-                    row.invoice_id,
-                    Decimal(plan.monthly_credits),
-                    description=f"Monthly credits ({plan.name})",
-                    monthly_allocation=plan.monthly_credits,
-                ):
+                invoice = session.get(BillingInvoice, row.invoice_id)
+                done = invoice is not None and provider_sync.reset_credits(session, catalog, sub, invoice)
+                if done == "credits_reset":
                     counts["invoice_grants"] += 1
         except Exception:  # noqa: BLE001
             counts["errors"] += 1

@@ -43,7 +43,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from robosystems.billing import credits
+from robosystems.billing import credits, entitlements
 from robosystems.billing import subscriptions as subs
 from robosystems.billing.audit import SYSTEM, Actor, record_billing_event, record_for_actor
 from robosystems.billing.plans import GraphPlan, get_catalog
@@ -57,7 +57,7 @@ from robosystems.graphs.backend import (
     get_backend,
     power_of_two_at_least,
 )
-from robosystems.models import BillingInvoice, BillingSubscription, Graph, Org, OrgLimits, OrgUser
+from robosystems.models import BillingInvoice, BillingSubscription, Graph, Org, OrgUser
 from robosystems.payments.base import PaymentProvider, ProviderError
 from robosystems.worker import outbox
 from robosystems.worker.context import WorkerContext
@@ -257,8 +257,7 @@ def _check_org(session: Session, sub: BillingSubscription, graph_id: str, settin
     org = session.execute(select(Org.id, Org.deleted_at).where(Org.id == sub.org_id).with_for_update()).one_or_none()
     if org is None or org.deleted_at is not None:
         raise ProvisioningRefused("the organization no longer exists")
-    max_graphs = session.execute(select(OrgLimits.max_graphs).where(OrgLimits.org_id == sub.org_id)).scalar()
-    limit = int(max_graphs) if max_graphs is not None else settings.org_graphs_default_limit
+    limit = int(entitlements.entitlements_sync(session, sub.org_id, settings=settings).value("max_graphs"))
     if limit == -1:
         return
     used = session.execute(
@@ -433,14 +432,17 @@ def _finalize(ctx: WorkerContext, subscription_id: str, token: str, graph_id: st
         if owner[0] != sub.org_id or (owner[1] is not None and owner[1] != sub.id):
             raise ProvisioningRefused("the graph id is already taken")
         sub.resource_id = graph_id
+        monthly = entitlements.graph_entitlements(
+            graph_id, plan, entitlements.org_overrides_sync(session, sub.org_id)
+        ).value("monthly_credits")
         credits.ensure_pool(
             session,
             graph_id,
             user_id=pool_user,
-            monthly_allocation=plan.monthly_credits,
+            monthly_allocation=monthly,
             storage_limit_gb=plan.storage_gb,
         )
-        granted = _first_allocation(session, sub, graph_id, plan)
+        granted = _first_allocation(session, sub, graph_id, plan, monthly)
         subs.transition(
             session,
             sub.id,
@@ -462,11 +464,13 @@ def _finalize(ctx: WorkerContext, subscription_id: str, token: str, graph_id: st
         return ProvisionResult("active", subscription_id, graph_id, attempt)
 
 
-def _first_allocation(session: Session, sub: BillingSubscription, graph_id: str, plan: GraphPlan) -> str | None:
+def _first_allocation(
+    session: Session, sub: BillingSubscription, graph_id: str, plan: GraphPlan, monthly: int
+) -> str | None:
     """The first period's credits, keyed so the webhook / the monthly job can never grant them again: by the
     paid invoice, or for a self-billed subscription by its first period.  Without a paid invoice yet, the
     ``invoice.paid`` webhook grants them (it sees the subscription active, under the same row lock)."""
-    if plan.monthly_credits <= 0:
+    if monthly <= 0:
         return None
     invoice = paid_invoice(session, sub.id)
     if invoice is not None:
@@ -481,9 +485,9 @@ def _first_allocation(session: Session, sub: BillingSubscription, graph_id: str,
         session,
         graph_id,
         key,
-        Decimal(plan.monthly_credits),
+        Decimal(monthly),
         description=description,
-        monthly_allocation=plan.monthly_credits,
+        monthly_allocation=monthly,
     )
     return key
 

@@ -35,9 +35,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.concurrency import run_in_threadpool
 
 from robosystems.auth.deps import Principal
-from robosystems.billing import checkout, credits
+from robosystems.billing import checkout, credits, entitlements
 from robosystems.billing.plans import GraphPlan, get_catalog
 from robosystems.billing.schemas import CreateCheckoutRequest
+from robosystems.billing.storage import StorageGuard, storage_guard
 from robosystems.config import Settings
 from robosystems.db import after_commit
 from robosystems.errors import AppError, BadRequest, Forbidden, NotFound, ServiceUnavailable, Unprocessable
@@ -503,14 +504,17 @@ async def execute_query(
         check_parameters(body.parameters)
     except QueryRefused as exc:
         raise _refused_error(exc, graph) from None
-    limits = graph.plan.limits.queries
-    timeout_s = min(body.timeout or settings.query_default_timeout_seconds, limits.max_timeout_seconds)
-    max_rows = min(limits.max_rows_per_query, settings.query_max_rows)
+    limits = await entitlements.graph_limits(session, graph.state.org_id, graph.graph_id, graph.plan)
+    timeout_s = min(body.timeout or settings.query_default_timeout_seconds, limits.value("query_timeout_seconds"))
+    max_rows = min(limits.value("max_rows_per_query"), settings.query_max_rows)
+    storage = storage_guard(limits, await _size(settings, graph.graph_id))
+    storage_full = not storage.allows_write(len(body.query) + len(json.dumps(body.parameters or {}, default=str)))
     query_id = new_id("qry")
     charge = await _charge(session, settings, graph, principal, query_id)
     await session.commit()  # the debit stands, the connection goes back to the pool before the query runs
     backend = _backend(settings)
-    read_only_txn = not graph.access.can_write and not graph.read_only
+    # callers with read access only, or a graph whose next write would exceed its storage: the engine refuses writes
+    read_only_txn = (not graph.access.can_write or storage_full) and not graph.read_only
 
     def run() -> QueryOutput:
         return backend.query(
@@ -546,7 +550,8 @@ async def execute_query(
             f"The query ran longer than {timeout_s} s and was stopped", code="query_timeout", status_code=408
         ) from None
     except QueryRefused as exc:
-        error = _refused_error(exc, graph)
+        full = storage_full and graph.access.can_write and exc.kind == "read_only"
+        error = storage.refusal() if full else _refused_error(exc, graph)
         await _record_failure(
             session, graph, principal, query_id, charge, refund=True, usage=usage(error.status_code, exc.kind)
         )
@@ -650,7 +655,7 @@ async def database_health(
     alerts: list[str] = []
     if graph.read_only and graph.state.lifecycle.reason:
         alerts.append(graph.state.lifecycle.reason)
-    limit_gb = float(graph.plan.storage_gb)
+    limit_gb = (await _storage(session, settings, graph)).limit_bytes / _GIB
     if limit_gb and size / _GIB >= limit_gb * STORAGE_WARNING_RATIO:
         alerts.append("Storage is approaching the plan's limit")
     if not healthy:
@@ -681,10 +686,10 @@ async def _pool(session: AsyncSession, graph_id: str) -> Any:
     ).one_or_none()
 
 
-def _effective_limit_gb(graph: GraphContext, pool: Any) -> tuple[float, bool]:
-    if pool is not None and pool.storage_override_gb is not None:
-        return float(pool.storage_override_gb), True
-    return float(graph.plan.storage_gb), False
+async def _storage(session: AsyncSession, settings: Settings, graph: GraphContext) -> StorageGuard:
+    """The graph's storage use against its ``max_storage_bytes`` entitlement."""
+    limits = await entitlements.graph_limits(session, graph.state.org_id, graph.graph_id, graph.plan)
+    return storage_guard(limits, await _size(settings, graph.graph_id))
 
 
 async def graph_limits(
@@ -694,7 +699,8 @@ async def graph_limits(
     plan = graph.plan
     pool = await _pool(session, graph.graph_id)
     size_gb = await _size(settings, graph.graph_id) / _GIB
-    limit_gb, _ = _effective_limit_gb(graph, pool)
+    limits = await entitlements.graph_limits(session, graph.state.org_id, graph.graph_id, plan)
+    limit_gb = limits.max_storage_bytes / _GIB
     q, cp, bk, rl = plan.limits.queries, plan.limits.copy_operations, plan.limits.backups, plan.limits.rate_limits
     return GraphLimitsResponse(
         graph_id=graph.graph_id,
@@ -707,16 +713,16 @@ async def graph_limits(
             current_usage_gb=round(size_gb, 6),
         ),
         queries=QueryLimits(
-            max_timeout_seconds=q.max_timeout_seconds,
+            max_timeout_seconds=limits.value("query_timeout_seconds"),
             chunk_size=q.chunk_size,
-            max_rows_per_query=min(q.max_rows_per_query, settings.query_max_rows),
+            max_rows_per_query=min(limits.value("max_rows_per_query"), settings.query_max_rows),
             concurrent_queries=q.concurrent_queries,
         ),
         copy_operations=CopyOperationLimits(**cp.model_dump()),
         backups=BackupLimits(**bk.model_dump()),
         rate_limits=RateLimits(**rl.model_dump()),
         credits=CreditLimits(
-            monthly_ai_credits=plan.monthly_credits,
+            monthly_ai_credits=limits.value("monthly_credits"),
             current_balance=int(pool.current_balance) if pool is not None else 0,
             storage_billing_enabled=plan.limits.credits.storage_billing_enabled,
             storage_rate_per_gb_per_day=plan.limits.credits.storage_rate_per_gb_per_day,
@@ -908,9 +914,8 @@ async def storage_usage(
     session: AsyncSession, settings: Settings, principal: Principal, graph_id: str, days: int
 ) -> dict[str, Any]:
     graph = await load_graph(session, settings, principal, graph_id)
-    size = await _size(settings, graph.graph_id)
-    pool = await _pool(session, graph.graph_id)
-    limit_gb, _ = _effective_limit_gb(graph, pool)
+    storage = await _storage(session, settings, graph)
+    size, limit_gb = storage.used_bytes, storage.limit_bytes / _GIB
     since = (_now() - timedelta(days=days)).replace(tzinfo=None)
     snapshots = (
         await session.execute(
@@ -932,6 +937,10 @@ async def storage_usage(
         "current_storage_gb": round(current_gb, 6),
         "storage_limit_gb": limit_gb,
         "usage_percentage": round(current_gb / limit_gb * 100, 4) if limit_gb else 0.0,
+        "storage_limit_bytes": storage.limit_bytes,
+        "limit_source": storage.source,
+        "within_limit": storage.within_limit,
+        "writes_allowed": storage.allows_write(0),
         "measurement_count": len(values),
         "avg_storage_gb": round(sum(values) / len(values), 6) if values else 0.0,
         "max_storage_gb": round(max(values), 6) if values else 0.0,
@@ -944,8 +953,9 @@ async def storage_limits(
 ) -> StorageLimitResponse:
     graph = await load_graph(session, settings, principal, graph_id)
     pool = await _pool(session, graph.graph_id)
-    limit_gb, override = _effective_limit_gb(graph, pool)
-    current_gb = await _size(settings, graph.graph_id) / _GIB
+    storage = await _storage(session, settings, graph)
+    limit_gb, override = storage.limit_bytes / _GIB, storage.source != f"plan:{graph.plan.name}"
+    current_gb = storage.used_bytes / _GIB
     threshold = float(pool.storage_warning_threshold) if pool is not None else STORAGE_WARNING_RATIO
     usage = current_gb / limit_gb * 100 if limit_gb else 0.0
     approaching = limit_gb > 0 and current_gb >= limit_gb * threshold

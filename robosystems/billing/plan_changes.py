@@ -54,6 +54,7 @@ from robosystems.models import BillingSubscription
 from robosystems.models.billing_depth import BillingPlanChange
 from robosystems.orgs.access import OrgAccess
 from robosystems.payments.base import PaymentProvider, SubscriptionChange
+from robosystems.payments.local_delivery import deliver_after_commit
 from robosystems.services import AppServices
 
 log = logging.getLogger("robosystems.billing.plan_changes")
@@ -377,6 +378,8 @@ async def change(
         row.effective_at = _now()
         return 200, await _answer(session, sub, row)
     result = await run_in_threadpool(provider.change_subscription, _provider_change(sub, decision, catalog.currency))
+    assert sub.provider_subscription_id is not None
+    deliver_after_commit(session, settings, provider, "subscriptions", sub.provider_subscription_id)
     row.provider_invoice_id, row.amount_due_cents = result.invoice_id, result.amount_due
     row.effective_at = datetime.fromtimestamp(decision.proration_date, UTC)
     if result.status == "failed":

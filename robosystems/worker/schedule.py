@@ -36,6 +36,10 @@ def entries(settings: Settings) -> list[ScheduleEntry]:
             "robosystems.graphs.allocate_monthly_credits",
             settings.graph_maintenance_interval_seconds,
         ),
+        # the local payment provider's clock (renewals, scheduled plan changes); a no-op with Stripe
+        ScheduleEntry(
+            "billing-local-renewals", "robosystems.billing.local_renewals", settings.local_renewal_interval_seconds
+        ),
         ScheduleEntry("graphs-storage-snapshots", "robosystems.graphs.snapshot_storage", 3600.0),
         ScheduleEntry(
             "graphs-remove-expired",

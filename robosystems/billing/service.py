@@ -265,6 +265,12 @@ async def cancel_subscription(
             code="payment_provider_mismatch",
         )
     provider_id = sub.provider_subscription_id
+    scheduled = (await _scheduled(session, [sub.id])).get(sub.id)
+    if scheduled is not None:  # a subscription that ends makes no scheduled change (and a schedule blocks the cancel)
+        if scheduled.provider_schedule_id:
+            schedule_id = scheduled.provider_schedule_id
+            await run_in_threadpool(lambda: provider.cancel_scheduled_change(provider_id, schedule_id))
+        scheduled.status, scheduled.updated_at = "canceled", datetime.now(UTC)
     result = await run_in_threadpool(
         lambda: provider.cancel_subscription_at_period_end(provider_id, idempotency_key=f"cancel:{sub.id}")
     )

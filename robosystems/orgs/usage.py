@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from robosystems.config import get_settings
+from robosystems.billing import entitlements
 from robosystems.orgs.policy import Action, allowed
 
 #: usage event types that are a caller's API operation (storage snapshots and credit events are not).
@@ -147,17 +147,8 @@ async def pending_graph_subscriptions(session: AsyncSession, org_id: str) -> int
 async def org_limits(session: AsyncSession, org_id: str, *, role: str | None = None) -> dict[str, Any]:
     """``OrgLimitsResponse``.  With ``role`` (the caller's org role), ``can_create_graph`` is also false when
     that role may not create graphs, so the flag never promises what the create endpoint refuses."""
-    row = (
-        await session.execute(
-            text(
-                "SELECT (SELECT max_graphs FROM org_limits WHERE org_id = :org) AS max_graphs, "
-                "(SELECT count(*) FROM graphs WHERE org_id = :org AND NOT is_subgraph) AS owned"
-            ),
-            {"org": org_id},
-        )
-    ).one()
-    max_graphs = int(row.max_graphs) if row.max_graphs is not None else get_settings().org_graphs_default_limit
-    owned = int(row.owned)
+    max_graphs = int((await entitlements.entitlements(session, org_id)).value("max_graphs"))
+    owned = await org_graph_count(session, org_id)
     pending = await pending_graph_subscriptions(session, org_id)
     current = owned + pending
     unlimited = max_graphs == -1

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.sql.elements import conv
 
 from alembic import context, op
 
@@ -41,7 +42,7 @@ PURCHASE_STATUSES = "('pending_payment', 'paid', 'expired', 'canceled')"
 
 def upgrade() -> None:
     op.add_column("billing_subscriptions", sa.Column("quantity", sa.Integer(), server_default="1", nullable=False))
-    op.create_check_constraint("ck_billing_subscriptions_quantity", "billing_subscriptions", "quantity >= 1")
+    op.create_check_constraint(conv("ck_billing_subscriptions_quantity"), "billing_subscriptions", "quantity >= 1")
     op.create_index(
         "uq_billing_subscriptions_live_seats",
         "billing_subscriptions",
@@ -54,13 +55,15 @@ def upgrade() -> None:
         "graph_credits", sa.Column("purchased_balance", sa.Numeric(10, 2), server_default="0", nullable=False)
     )
     op.create_check_constraint(
-        "ck_graph_credits_purchased_balance",
+        conv("ck_graph_credits_purchased_balance"),
         "graph_credits",
-        "purchased_balance >= 0 AND purchased_balance <= current_balance",
+        "purchased_balance >= 0 AND (current_balance < 0 OR purchased_balance <= current_balance)",
     )
     op.add_column("org_limits", sa.Column("credits_low_threshold", sa.Numeric(10, 2)))
     op.create_check_constraint(
-        "ck_org_limits_credits_low_threshold", "org_limits", "credits_low_threshold IS NULL OR credits_low_threshold >= 0"
+        conv("ck_org_limits_credits_low_threshold"),
+        "org_limits",
+        "credits_low_threshold IS NULL OR credits_low_threshold >= 0",
     )
     op.create_table(
         "billing_plan_changes",
@@ -86,20 +89,20 @@ def upgrade() -> None:
         sa.Column("applied_at", sa.DateTime(timezone=True)),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name="pk_billing_plan_changes"),
+        sa.PrimaryKeyConstraint("id", name=conv("pk_billing_plan_changes")),
         sa.ForeignKeyConstraint(
-            ["org_id"], ["orgs.id"], name="fk_billing_plan_changes_org_id_orgs", ondelete="RESTRICT"
+            ["org_id"], ["orgs.id"], name=conv("fk_billing_plan_changes_org_id_orgs"), ondelete="RESTRICT"
         ),
         sa.ForeignKeyConstraint(
             ["subscription_id"],
             ["billing_subscriptions.id"],
-            name="fk_billing_plan_changes_subscription_id_billing_subscriptions",
+            name=conv("fk_billing_plan_changes_subscription_id_billing_subscriptions"),
         ),
-        sa.CheckConstraint(f"status IN {CHANGE_STATUSES}", name="ck_billing_plan_changes_status"),
-        sa.CheckConstraint("timing IN ('immediate', 'period_end')", name="ck_billing_plan_changes_timing"),
-        sa.CheckConstraint("direction IN ('upgrade', 'downgrade')", name="ck_billing_plan_changes_direction"),
-        sa.CheckConstraint("source IN ('api', 'provider')", name="ck_billing_plan_changes_source"),
-        sa.CheckConstraint("from_quantity >= 1 AND to_quantity >= 1", name="ck_billing_plan_changes_quantity"),
+        sa.CheckConstraint(f"status IN {CHANGE_STATUSES}", name=conv("ck_billing_plan_changes_status")),
+        sa.CheckConstraint("timing IN ('immediate', 'period_end')", name=conv("ck_billing_plan_changes_timing")),
+        sa.CheckConstraint("direction IN ('upgrade', 'downgrade')", name=conv("ck_billing_plan_changes_direction")),
+        sa.CheckConstraint("source IN ('api', 'provider')", name=conv("ck_billing_plan_changes_source")),
+        sa.CheckConstraint("from_quantity >= 1 AND to_quantity >= 1", name=conv("ck_billing_plan_changes_quantity")),
     )
     op.create_index(
         "uq_billing_plan_changes_open",
@@ -121,11 +124,11 @@ def upgrade() -> None:
         sa.Column("set_by", sa.String()),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name="pk_org_entitlement_overrides"),
+        sa.PrimaryKeyConstraint("id", name=conv("pk_org_entitlement_overrides")),
         sa.ForeignKeyConstraint(
-            ["org_id"], ["orgs.id"], name="fk_org_entitlement_overrides_org_id_orgs", ondelete="CASCADE"
+            ["org_id"], ["orgs.id"], name=conv("fk_org_entitlement_overrides_org_id_orgs"), ondelete="CASCADE"
         ),
-        sa.UniqueConstraint("org_id", "key", name="uq_org_entitlement_overrides_org_id_key"),
+        sa.UniqueConstraint("org_id", "key", name=conv("uq_org_entitlement_overrides_org_id_key")),
     )
     op.create_table(
         "billing_credit_purchases",
@@ -146,16 +149,18 @@ def upgrade() -> None:
         sa.Column("paid_at", sa.DateTime(timezone=True)),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name="pk_billing_credit_purchases"),
+        sa.PrimaryKeyConstraint("id", name=conv("pk_billing_credit_purchases")),
         sa.ForeignKeyConstraint(
-            ["org_id"], ["orgs.id"], name="fk_billing_credit_purchases_org_id_orgs", ondelete="RESTRICT"
+            ["org_id"], ["orgs.id"], name=conv("fk_billing_credit_purchases_org_id_orgs"), ondelete="RESTRICT"
         ),
-        sa.CheckConstraint(f"status IN {PURCHASE_STATUSES}", name="ck_billing_credit_purchases_status"),
-        sa.CheckConstraint("credits > 0 AND price_cents >= 0", name="ck_billing_credit_purchases_amounts"),
+        sa.CheckConstraint(f"status IN {PURCHASE_STATUSES}", name=conv("ck_billing_credit_purchases_status")),
+        sa.CheckConstraint("credits > 0 AND price_cents >= 0", name=conv("ck_billing_credit_purchases_amounts")),
         sa.UniqueConstraint(
-            "provider_checkout_session_id", name="uq_billing_credit_purchases_provider_checkout_session_id"
+            "provider_checkout_session_id", name=conv("uq_billing_credit_purchases_provider_checkout_session_id")
         ),
-        sa.UniqueConstraint("org_id", "idempotency_key", name="uq_billing_credit_purchases_org_id_idempotency_key"),
+        sa.UniqueConstraint(
+            "org_id", "idempotency_key", name=conv("uq_billing_credit_purchases_org_id_idempotency_key")
+        ),
     )
 
 
@@ -191,11 +196,11 @@ def downgrade() -> None:
     op.drop_index("ix_billing_plan_changes_org_id_created_at", table_name="billing_plan_changes")
     op.drop_index("uq_billing_plan_changes_open", table_name="billing_plan_changes")
     op.drop_table("billing_plan_changes")
-    op.drop_constraint("ck_org_limits_credits_low_threshold", "org_limits", type_="check")
+    op.drop_constraint(conv("ck_org_limits_credits_low_threshold"), "org_limits", type_="check")
     op.drop_column("org_limits", "credits_low_threshold")
-    op.drop_constraint("ck_graph_credits_purchased_balance", "graph_credits", type_="check")
+    op.drop_constraint(conv("ck_graph_credits_purchased_balance"), "graph_credits", type_="check")
     op.drop_column("graph_credits", "purchased_balance")
     op.drop_column("billing_invoices", "billing_reason")
     op.drop_index("uq_billing_subscriptions_live_seats", table_name="billing_subscriptions")
-    op.drop_constraint("ck_billing_subscriptions_quantity", "billing_subscriptions", type_="check")
+    op.drop_constraint(conv("ck_billing_subscriptions_quantity"), "billing_subscriptions", type_="check")
     op.drop_column("billing_subscriptions", "quantity")

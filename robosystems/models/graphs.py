@@ -112,7 +112,8 @@ class GraphCredits(Base):
         UniqueConstraint("graph_id", name=conv("graph_credits_graph_id_key")),
         CheckConstraint("current_balance >= 0", name="current_balance_nonnegative"),  # e6f7a8b9c0d1
         CheckConstraint(  # b9c0d1e2f3a4
-            "purchased_balance >= 0 AND purchased_balance <= current_balance", name="purchased_balance"
+            "purchased_balance >= 0 AND (current_balance < 0 OR purchased_balance <= current_balance)",
+            name="purchased_balance",
         ),
         Index("idx_graph_credits_billing_admin", "billing_admin_id"),
         Index("idx_graph_credits_user_id", "user_id"),

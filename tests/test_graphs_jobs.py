@@ -66,9 +66,20 @@ def test_monthly_allocation_once_per_period(worker: WorkerContext, sync_engine: 
             text("UPDATE billing_subscriptions SET started_at = now() - interval '2 months 1 day' WHERE id = :s"),
             {"s": sub_id},
         )
+    from robosystems.billing import credits
+
+    with worker.maker.begin() as s:  # spend some of period 0: the unused rest expires, nothing rolls over
+        credits.consume(s, graph_id, 2500)
     assert jobs.allocate_monthly_credits(worker)["period_grants"] == 1
     assert jobs.allocate_monthly_credits(worker)["period_grants"] == 0
-    assert balance(sync_engine, graph_id) == 20000
+    assert balance(sync_engine, graph_id) == 10000  # reset to the plan's allocation (no rollover)
+    expired = rows(
+        sync_engine,
+        "SELECT amount, idempotency_key FROM graph_credit_transactions WHERE graph_id = :g "
+        "AND transaction_type = 'expiration'",
+        g=graph_id,
+    )
+    assert [(r["amount"], r["idempotency_key"]) for r in expired] == [(-7500, f"expire:invoice:period:{sub_id}:2")]
     keys = [
         r["idempotency_key"]
         for r in rows(

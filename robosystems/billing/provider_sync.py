@@ -20,7 +20,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from robosystems.billing import credits, entitlements
@@ -55,11 +55,28 @@ def _fits(catalog: Catalog, sub: BillingSubscription, plan: str) -> bool:
     return plan in (catalog.seats.plans if sub.resource_type == SEATS else catalog.graph.plans)
 
 
+def _after_last_switch(session: Session, sub: BillingSubscription, at: datetime) -> bool:
+    """Provider state as of ``at`` may move the plan only if it is newer than the last switch (an older event — a
+    redelivery, a replay, the creation's — must not undo a later change)."""
+    last = session.execute(
+        select(func.max(BillingPlanChange.applied_at)).where(
+            BillingPlanChange.subscription_id == sub.id, BillingPlanChange.status == "applied"
+        )
+    ).scalar()
+    return last is None or at > last
+
+
+def _epoch(value: Any, default: datetime) -> datetime:
+    return datetime.fromtimestamp(value, UTC) if isinstance(value, int) and not isinstance(value, bool) else default
+
+
 def on_subscription(
     session: Session, catalog: Catalog, sub: BillingSubscription, obj: dict[str, Any], event_type: str, at: datetime
 ) -> str | None:
     """The provider subscription object's items -> our plan / seats (module doc)."""
     if sub.status not in ("active", "past_due") or sub.resource_type not in ("graph", SEATS):
+        return None
+    if event_type == "customer.subscription.created" or not _after_last_switch(session, sub, at):
         return None
     if obj.get("pending_update"):
         return "pending_update"
@@ -111,6 +128,8 @@ def on_update_invoice(
         plan, quantity = change.to_plan, change.to_quantity
     if sub.status not in ("active", "past_due"):
         return f"update_invoice_paid_while_{sub.status}"
+    if change is None and not _after_last_switch(session, sub, _epoch(provider_invoice.get("created"), at)):
+        return "update_invoice_older_than_the_plan"
     switch_plan(
         session, catalog, sub, plan, quantity, actor=SYSTEM, reason=f"stripe {event_type}", change=change, at=at
     )
@@ -129,7 +148,8 @@ def on_period_invoice_paid(
     """A paid period: its plan first (a scheduled change starts here), then the credit reset (once per invoice)."""
     lines = [li for li in _mapping(provider_invoice.get("lines")).get("data") or [] if not _is_proration(li)]
     billed = _billed_item(catalog, lines)
-    if billed is not None and _fits(catalog, sub, billed[0]) and sub.status in ("active", "past_due"):
+    newer = _after_last_switch(session, sub, _epoch(provider_invoice.get("created"), at))
+    if billed is not None and _fits(catalog, sub, billed[0]) and sub.status in ("active", "past_due") and newer:
         switch_plan(session, catalog, sub, billed[0], billed[1], actor=SYSTEM, reason=f"stripe {event_type}", at=at)
     return reset_credits(session, catalog, sub, invoice)
 

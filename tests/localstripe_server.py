@@ -9,8 +9,11 @@ and keeps its store in /tmp; this wrapper adds, on top of the unmodified package
 * ``POST /v1/checkout/sessions``, ``GET /v1/checkout/sessions/{id}``, ``POST …/{id}/expire`` and
   ``POST /v1/billing_portal/sessions`` (subscription-mode sessions as Stripe shapes them);
 * Stripe's idempotency: a POST repeating an ``Idempotency-Key`` gets the first answer again;
-* ``GET /_config/requests``: every API request seen (method, path, Stripe-Version, Idempotency-Key), so
-  tests can check what the SDK actually sent; ``DELETE /_config/requests`` clears it;
+* ``GET /_config/requests``: every API request seen (method, path, Stripe-Version, Idempotency-Key and the
+  form/query parameters), so tests can check what the SDK actually sent; ``DELETE /_config/requests`` clears it;
+* ``POST /_config/fixtures`` ``{method, path, status, body}``: answer that request with a recorded response of the
+  real API's shape (for what localstripe lacks or gets wrong: invoice previews with prorations, pending updates,
+  subscription schedules); ``DELETE /_config/fixtures`` clears them;
 * an in-memory store (nothing written to /tmp).
 """
 
@@ -21,6 +24,7 @@ import json
 import secrets
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
 from aiohttp import web
 from localstripe import resources, server
@@ -30,6 +34,7 @@ resources.Store.dump_to_disk = lambda self: None  # type: ignore[method-assign]
 resources.Store.try_load_from_disk = lambda self: None  # type: ignore[method-assign]
 
 REQUESTS: list[dict[str, Any]] = []
+FIXTURES: dict[tuple[str, str], tuple[int, Any]] = {}
 IDEMPOTENT: dict[str, tuple[int, bytes]] = {}
 SESSIONS: dict[str, dict[str, Any]] = {}
 
@@ -42,14 +47,19 @@ def _error(status: int, message: str, code: str | None = None, param: str | None
 @web.middleware
 async def record_and_replay(request: web.Request, handler: Any) -> web.StreamResponse:
     if request.path.startswith("/v1/"):
+        raw = await request.text() if request.method == "POST" else request.query_string
         REQUESTS.append(
             {
                 "method": request.method,
                 "path": request.path,
                 "stripe_version": request.headers.get("Stripe-Version"),
                 "idempotency_key": request.headers.get("Idempotency-Key"),
+                "params": {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()},
             }
         )
+        fixture = FIXTURES.get((request.method, request.path))
+        if fixture is not None:
+            return web.json_response(fixture[1], status=fixture[0])
     key = request.headers.get("Idempotency-Key")
     if request.method != "POST" or not key:
         return await handler(request)
@@ -158,6 +168,17 @@ async def clear_requests(request: web.Request) -> web.Response:
     return web.Response(text=json.dumps({"cleared": True}))
 
 
+async def add_fixture(request: web.Request) -> web.Response:
+    data = await request.json()
+    FIXTURES[(str(data["method"]).upper(), str(data["path"]))] = (int(data.get("status", 200)), data["body"])
+    return web.json_response({"fixtures": len(FIXTURES)})
+
+
+async def clear_fixtures(request: web.Request) -> web.Response:
+    FIXTURES.clear()
+    return web.json_response({"cleared": True})
+
+
 def build_app() -> web.Application:
     app = server.app
     app.middlewares.insert(0, record_and_replay)
@@ -167,6 +188,8 @@ def build_app() -> web.Application:
     app.router.add_post("/v1/billing_portal/sessions", create_portal_session)
     app.router.add_get("/_config/requests", list_requests)
     app.router.add_delete("/_config/requests", clear_requests)
+    app.router.add_post("/_config/fixtures", add_fixture)
+    app.router.add_delete("/_config/fixtures", clear_fixtures)
     return app
 
 

@@ -9,7 +9,6 @@ endpoint) and the in-process worker's code path, as in tests/test_e2e_purchase.p
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -21,9 +20,9 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from robosystems.billing.checkout import expire_abandoned_checkouts
-from robosystems.graphs import service as graph_service
 from robosystems.payments.factory import get_provider
 from robosystems.payments.local import LocalPaymentProvider
+from robosystems.payments.local_delivery import wait_for_deliveries
 from robosystems.payments.stripe_provider import StripeProvider
 from robosystems.webhooks.verify import sign
 from robosystems.worker.context import WorkerContext
@@ -56,7 +55,7 @@ def local(ctx: WorkerContext) -> LocalPaymentProvider:
 
 async def deliver(app: FastAPI, provider: LocalPaymentProvider, provider_subscription_id: str) -> None:
     """Send the provider's undelivered events of this subscription to our webhook endpoint (in process)."""
-    await asyncio.gather(*list(graph_service._delivery_tasks))  # the app's own attempt has ended
+    await wait_for_deliveries()  # the app's own attempt has ended
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 0))
     async with httpx.AsyncClient(transport=transport, base_url="http://local-payments") as client:
 

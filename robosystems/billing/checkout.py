@@ -82,9 +82,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-now = _now
-
-
 def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value else None
 
@@ -110,6 +107,12 @@ def request_fingerprint(org_id: str, plan_name: str, body: CreateCheckoutRequest
         separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def checkout_window(settings: Settings) -> tuple[str, str, datetime]:
+    """(success URL, cancel URL, expiry) of a new hosted checkout session."""
+    success, cancel = return_urls(settings)
+    return success, cancel, (_now() + timedelta(minutes=settings.checkout_ttl_minutes)).replace(microsecond=0)
 
 
 def return_urls(settings: Settings) -> tuple[str, str]:
@@ -248,8 +251,7 @@ async def create_checkout(
     if allow_off_session and (customer.invoice_billing_enabled or customer.has_payment_method):
         await _subscribe_off_session(session, settings, provider, sub, customer, plan, key)
         return response(sub)
-    success_url, cancel_url = return_urls(settings)
-    expires_at = (_now() + timedelta(minutes=settings.checkout_ttl_minutes)).replace(microsecond=0)
+    success_url, cancel_url, expires_at = checkout_window(settings)
     checkout = await run_in_threadpool(
         provider.create_checkout_session,
         CheckoutRequest(

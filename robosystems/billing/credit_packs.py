@@ -9,7 +9,7 @@ renewal and are spent after the monthly allocation.  ``Idempotency-Key`` is hono
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -107,8 +107,7 @@ async def create_pack_checkout(
     await session.flush()
     actor = Actor.user(principal.user_id)
     customer = await checkout.checkout_customer(session, provider, access.org_id, access.org_name, principal, actor)
-    success_url, cancel_url = checkout.return_urls(settings)
-    expires_at = (checkout.now() + timedelta(minutes=settings.checkout_ttl_minutes)).replace(microsecond=0)
+    success_url, cancel_url, expires_at = checkout.checkout_window(settings)
     created = await run_in_threadpool(
         provider.create_payment_checkout,
         PaymentCheckoutRequest(

@@ -47,6 +47,7 @@ from robosystems.billing.schemas import (
     PlanChangeView,
 )
 from robosystems.billing.service import subscription_view_async
+from robosystems.billing.storage import graph_size_bytes
 from robosystems.config import Settings
 from robosystems.errors import AppError, Conflict, NotFound, ServiceUnavailable, Unprocessable
 from robosystems.ids import new_id
@@ -200,10 +201,7 @@ def _in_progress(change_id: str | None = None) -> Conflict:
 
 
 async def _graph_size(settings: Settings, graph_id: str) -> int:
-    # the graph backend belongs to the graphs feature (which imports billing): looked up when needed
-    from robosystems.graphs.provisioning import backend_for
-
-    return await run_in_threadpool(lambda: backend_for(settings).size_bytes(graph_id))
+    return await run_in_threadpool(lambda: graph_size_bytes(settings, graph_id))
 
 
 async def check_usage(session: AsyncSession, settings: Settings, sub: BillingSubscription, target: Plan) -> None:

@@ -212,9 +212,7 @@ class Repository(_Model):
     @model_validator(mode="before")
     @classmethod
     def _plan_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("plans"), dict):
-            data = {**data, "plans": {k: _with_key(v, "plan", k) for k, v in data["plans"].items()}}
-        return data
+        return _keyed(data, "plans", "plan")
 
     def payload(self) -> dict[str, Any]:
         """``RepositoryInfo``."""
@@ -291,9 +289,7 @@ class SeatSection(_Model):
     @model_validator(mode="before")
     @classmethod
     def _plan_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("plans"), dict):
-            data = {**data, "plans": {k: _with_key(v, "name", k) for k, v in data["plans"].items()}}
-        return data
+        return _keyed(data, "plans", "name")
 
 
 class GraphSection(_Model):
@@ -306,9 +302,7 @@ class GraphSection(_Model):
     @model_validator(mode="before")
     @classmethod
     def _plan_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("plans"), dict):
-            data = {**data, "plans": {k: _with_key(v, "name", k) for k, v in data["plans"].items()}}
-        return data
+        return _keyed(data, "plans", "name")
 
     @field_validator("plans")
     @classmethod
@@ -339,9 +333,7 @@ class RepositorySection(_Model):
     @model_validator(mode="before")
     @classmethod
     def _repo_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("repositories"), dict):
-            data = {**data, "repositories": {k: _with_key(v, "type", k) for k, v in data["repositories"].items()}}
-        return data
+        return _keyed(data, "repositories", "type")
 
 
 class OperationCosts(_Model):
@@ -365,9 +357,7 @@ class Catalog(_Model):
     @model_validator(mode="before")
     @classmethod
     def _pack_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("credit_packs"), dict):
-            data = {**data, "credit_packs": {k: _with_key(v, "name", k) for k, v in data["credit_packs"].items()}}
-        return data
+        return _keyed(data, "credit_packs", "name")
 
     @model_validator(mode="after")
     def _names_unique(self) -> Catalog:
@@ -462,6 +452,13 @@ class Catalog(_Model):
                 "coming_soon_repositories": sum(1 for r in repos if r.coming_soon),
             },
         }
+
+
+def _keyed(data: Any, table: str, field: str) -> Any:
+    """Copy each entry's table key of ``data[table]`` into its ``field``."""
+    if isinstance(data, dict) and isinstance(data.get(table), dict):
+        data = {**data, table: {k: _with_key(v, field, k) for k, v in data[table].items()}}
+    return data
 
 
 def _with_key(value: Any, field: str, key: str) -> Any:

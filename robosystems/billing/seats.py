@@ -8,8 +8,6 @@ with the plan change flow (:mod:`robosystems.billing.plan_changes`, ``{"quantity
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.concurrency import run_in_threadpool
@@ -93,8 +91,7 @@ async def create_seat_checkout(
         actor=actor,
     )
     customer = await checkout.checkout_customer(session, provider, access.org_id, access.org_name, principal, actor)
-    success_url, cancel_url = checkout.return_urls(settings)
-    expires_at = (checkout.now() + timedelta(minutes=settings.checkout_ttl_minutes)).replace(microsecond=0)
+    success_url, cancel_url, expires_at = checkout.checkout_window(settings)
     session_obj = await run_in_threadpool(
         provider.create_checkout_session,
         CheckoutRequest(

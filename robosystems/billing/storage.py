@@ -5,10 +5,28 @@ write in it (the size a write adds is not known before it runs: the request's ow
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from robosystems.billing.entitlements import GraphEntitlements
-from robosystems.errors import AppError
+from robosystems.config import Settings
+from robosystems.errors import AppError, ServiceUnavailable
+
+#: how big a graph is on disk: registered by the graphs feature (it owns the backend; it imports billing, not the
+#: other way round) — see :func:`robosystems.graphs.provisioning.backend_for`
+SizeProbe = Callable[[Settings, str], int]
+_size_probe: list[SizeProbe] = []
+
+
+def register_size_probe(probe: SizeProbe) -> None:
+    _size_probe[:] = [probe]
+
+
+def graph_size_bytes(settings: Settings, graph_id: str) -> int:
+    """The graph's size on disk (blocking: call it in a thread)."""
+    if not _size_probe:
+        raise ServiceUnavailable("Graph storage is not available here", code="graph_unavailable")
+    return _size_probe[0](settings, graph_id)
 
 
 class StorageLimitExceeded(AppError):

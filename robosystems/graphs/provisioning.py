@@ -47,6 +47,7 @@ from robosystems.billing import credits, entitlements
 from robosystems.billing import subscriptions as subs
 from robosystems.billing.audit import SYSTEM, Actor, record_billing_event, record_for_actor
 from robosystems.billing.plans import GraphPlan, get_catalog
+from robosystems.billing.storage import register_size_probe
 from robosystems.config import Settings
 from robosystems.db import sync_unit_of_work
 from robosystems.errors import AppError, Conflict, NotFound, Unprocessable
@@ -89,6 +90,9 @@ def backend_for(settings: Settings) -> GraphBackend:
         max_db_size=power_of_two_at_least(settings.graph_max_db_size_gb * 1024**3),
         max_open=settings.graph_max_open_databases,
     )
+
+
+register_size_probe(lambda settings, graph_id: backend_for(settings).size_bytes(graph_id))
 
 
 def graph_id_for(subscription_id: str) -> str:

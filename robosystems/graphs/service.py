@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -29,7 +28,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
-import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.concurrency import run_in_threadpool
@@ -40,7 +38,6 @@ from robosystems.billing.plans import GraphPlan, get_catalog
 from robosystems.billing.schemas import CreateCheckoutRequest
 from robosystems.billing.storage import StorageGuard, storage_guard
 from robosystems.config import Settings
-from robosystems.db import after_commit
 from robosystems.errors import AppError, BadRequest, Forbidden, NotFound, ServiceUnavailable, Unprocessable
 from robosystems.graphs import lifecycle
 from robosystems.graphs.access import GraphAccess, graph_access
@@ -89,6 +86,7 @@ from robosystems.orgs.access import authorize
 from robosystems.orgs.policy import Action
 from robosystems.payments.base import PaymentProvider
 from robosystems.payments.local import LocalPaymentProvider
+from robosystems.payments.local_delivery import deliver_after_commit
 from robosystems.services import AppServices
 
 log = logging.getLogger("robosystems.graphs")
@@ -160,9 +158,6 @@ async def load_graph(session: AsyncSession, settings: Settings, principal: Princ
 # --- create ----------------------------------------------------------------------------------------------------
 
 
-LOCAL_WEBHOOK_PATH = "/admin/v1/webhooks/stripe"
-
-
 def _default_plan(settings: Settings) -> str:
     plans = [p for p in get_catalog(settings.billing_plans_file).graph_plans if p.enabled]
     return plans[0].name
@@ -218,9 +213,6 @@ async def create_graph(
     )
 
 
-_delivery_tasks: set[asyncio.Task[bool]] = set()
-
-
 async def _deliver_local_events(
     session: AsyncSession, settings: Settings, provider: PaymentProvider, subscription_id: str
 ) -> None:
@@ -237,22 +229,7 @@ async def _deliver_local_events(
     ).scalar_one_or_none()
     if not provider_sub:
         return
-    url = settings.local_payments_webhook_url or f"{settings.base_url}{LOCAL_WEBHOOK_PATH}"
-
-    async def send(body: bytes, headers: dict[str, str]) -> int:
-        async with httpx.AsyncClient(timeout=30.0) as client:
-            return (await client.post(url, content=body, headers=headers)).status_code
-
-    def schedule() -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        task = loop.create_task(provider.deliver_subscription(str(provider_sub), send))
-        _delivery_tasks.add(task)
-        task.add_done_callback(_delivery_tasks.discard)
-
-    after_commit(session, schedule)
+    deliver_after_commit(session, settings, provider, "subscriptions", str(provider_sub))
 
 
 async def _provisioned_graph(session: AsyncSession, subscription_id: str) -> str | None:

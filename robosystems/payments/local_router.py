@@ -3,7 +3,10 @@
 * ``GET  /billing/local/checkout/{session_id}``         the checkout page (Pay / Cancel forms, no JS)
 * ``POST /billing/local/checkout/{session_id}/pay``     pay -> events delivered -> 303 to the success URL
 * ``POST /billing/local/checkout/{session_id}/cancel``  expire -> event delivered -> 303 to the cancel URL
-* ``GET  /billing/local/portal/{portal_id}``            a minimal customer portal
+* ``GET  /billing/local/portal/{portal_id}``            the customer portal (card, subscriptions, invoices)
+* ``POST /billing/local/portal/{portal_id}/payment-method``               replace the default card
+* ``POST /billing/local/portal/{portal_id}/subscriptions/{sub_id}/cancel`` cancel at period end
+* ``GET  /billing/local/invoices/{invoice_id}.pdf``     an invoice as PDF
 
 The session id is the capability (unguessable, like Stripe's checkout URLs).  Events go to
 ``LOCAL_PAYMENTS_WEBHOOK_URL`` when set, else straight into this app's own

@@ -29,6 +29,7 @@ from stripe.params import (
     SubscriptionScheduleUpdateParamsPhaseItem,
     SubscriptionUpdateParams,
     SubscriptionUpdateParamsItem,
+    SubscriptionUpdateParamsItemPriceData,
 )
 from stripe.params.checkout import SessionCreateParams, SessionCreateParamsLineItem
 
@@ -415,7 +416,8 @@ class StripeProvider:
             raise ProviderObjectMissing()
         return sub, dict(items[0])
 
-    def _price_data(self, change: SubscriptionChange) -> dict[str, Any]:
+    def _price_data(self, change: SubscriptionChange) -> SubscriptionUpdateParamsItemPriceData:
+        """The new price inline, on the plan's product (the same shape for previews, updates and schedule phases)."""
         return {
             "currency": change.currency,
             "unit_amount": change.amount_cents,
@@ -435,13 +437,7 @@ class StripeProvider:
         if change.price_id:
             item["price"] = change.price_id
         else:
-            data = self._price_data(change)
-            item["price_data"] = {
-                "currency": data["currency"],
-                "unit_amount": data["unit_amount"],
-                "recurring": {"interval": _interval(change.interval)},
-                "product": data["product"],
-            }
+            item["price_data"] = self._price_data(change)
         params: InvoiceCreatePreviewParams = {
             "customer": str(sub["customer"]),
             "subscription": change.subscription_id,
@@ -476,13 +472,7 @@ class StripeProvider:
         if change.price_id:
             item["price"] = change.price_id
         else:
-            data = self._price_data(change)
-            item["price_data"] = {
-                "currency": data["currency"],
-                "unit_amount": data["unit_amount"],
-                "recurring": {"interval": _interval(change.interval)},
-                "product": data["product"],
-            }
+            item["price_data"] = self._price_data(change)
         params: SubscriptionUpdateParams = {
             "items": [item],
             "proration_behavior": "always_invoice",
@@ -537,13 +527,7 @@ class StripeProvider:
         if change.price_id:
             next_item["price"] = change.price_id
         else:
-            data = self._price_data(change)
-            next_item["price_data"] = {
-                "currency": data["currency"],
-                "unit_amount": data["unit_amount"],
-                "recurring": {"interval": _interval(change.interval)},
-                "product": data["product"],
-            }
+            next_item["price_data"] = self._price_data(change)
         period_end = int(current.get("current_period_end") or first.get("end_date") or 0)
         this_phase: SubscriptionScheduleUpdateParamsPhase = {"items": [now_item], "end_date": period_end}
         if first.get("start_date"):

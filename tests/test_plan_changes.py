@@ -187,6 +187,8 @@ async def test_downgrade_scheduled_called_off_then_taking_effect_at_renewal(
         view["scheduled_change"]["plan_name"] == "kuzu-standard"
         and view["scheduled_change"]["effective_at"] == period_end
     )
+    upcoming = (await client.get(f"/v1/billing/invoices/{org}/upcoming", headers=owner.auth)).json()
+    assert upcoming["amount_due"] == 4900 and upcoming["period_start"] == period_end  # the renewal bills the new plan
     listed = (await client.get(f"/v1/billing/subscriptions/{org}", headers=owner.auth)).json()
     assert listed[0]["scheduled_change"]["plan_name"] == "kuzu-standard"
     again = await client.post(change_path(org, sub_id), json={"plan_name": "kuzu-xlarge"}, headers=owner.auth)

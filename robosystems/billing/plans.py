@@ -24,6 +24,22 @@ DEFAULT_PLANS_FILE = Path(__file__).with_name("plans.toml")
 PLAN_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
 
 
+def _keyed(data: Any, table: str, field: str) -> Any:
+    """Copy each entry's table key of ``data[table]`` into its ``field``."""
+    if isinstance(data, dict) and isinstance(data.get(table), dict):
+        data = {**data, table: {k: _with_key(v, field, k) for k, v in data[table].items()}}
+    return data
+
+
+def _with_key(value: Any, field: str, key: str) -> Any:
+    """Copy a table's key into ``field`` (a written value must agree with the key)."""
+    if isinstance(value, dict):
+        if field in value and value[field] != key:
+            raise ValueError(f"{field} {value[field]!r} differs from its table key {key!r}")
+        return {**value, field: key}
+    return value
+
+
 class CatalogError(ConfigError):
     """The plan catalog file can't be used."""
 
@@ -452,22 +468,6 @@ class Catalog(_Model):
                 "coming_soon_repositories": sum(1 for r in repos if r.coming_soon),
             },
         }
-
-
-def _keyed(data: Any, table: str, field: str) -> Any:
-    """Copy each entry's table key of ``data[table]`` into its ``field``."""
-    if isinstance(data, dict) and isinstance(data.get(table), dict):
-        data = {**data, table: {k: _with_key(v, field, k) for k, v in data[table].items()}}
-    return data
-
-
-def _with_key(value: Any, field: str, key: str) -> Any:
-    """Copy a table's key into ``field`` (a written value must agree with the key)."""
-    if isinstance(value, dict):
-        if field in value and value[field] != key:
-            raise ValueError(f"{field} {value[field]!r} differs from its table key {key!r}")
-        return {**value, field: key}
-    return value
 
 
 def _describe(error: ValidationError) -> str:

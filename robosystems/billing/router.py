@@ -189,8 +189,8 @@ async def list_org_invoices(
 
 
 @router.get("/invoices/{org_id}/upcoming", response_model=UpcomingInvoice | None)
-async def get_org_upcoming_invoice(access: ViewInvoices, db: DbSession) -> UpcomingInvoice | None:
-    return await service.upcoming_invoice(db, access.org_id)
+async def get_org_upcoming_invoice(access: ViewInvoices, db: DbSession, services: Services) -> UpcomingInvoice | None:
+    return await service.upcoming_invoice(db, services.settings, access.org_id)
 
 
 # --- entitlements (/v1/orgs) ---------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ from robosystems.billing.customers import (
     get_or_create_customer_async,
     record_payment_method_async,
 )
+from robosystems.billing.plan_switch import unit_price
+from robosystems.billing.plans import get_catalog
 from robosystems.billing.schemas import (
     BillingCustomer,
     GraphSubscriptionResponse,
@@ -36,6 +38,7 @@ from robosystems.billing.schemas import (
     UpcomingInvoice,
     UpdatePaymentMethodResponse,
 )
+from robosystems.config import Settings
 from robosystems.errors import Conflict, NotFound, ServiceUnavailable
 from robosystems.models import Org
 from robosystems.models.billing import BillingInvoice, BillingInvoiceLineItem, BillingSubscription
@@ -353,9 +356,10 @@ async def list_invoices(session: AsyncSession, org_id: str, *, limit: int, offse
     )
 
 
-async def upcoming_invoice(session: AsyncSession, org_id: str) -> UpcomingInvoice | None:
-    """The next renewal of the org's billed subscriptions that are not ending: one line per subscription;
-    the period is the span of the renewed periods, due at the earliest renewal.  None when nothing renews."""
+async def upcoming_invoice(session: AsyncSession, settings: Settings, org_id: str) -> UpcomingInvoice | None:
+    """The next renewal of the org's billed subscriptions that are not ending: one line per subscription (at the
+    price of a scheduled change, which starts with it); the period is the span of the renewed periods, due at the
+    earliest renewal.  None when nothing renews."""
     rows = list(
         (
             await session.execute(
@@ -375,8 +379,14 @@ async def upcoming_invoice(session: AsyncSession, org_id: str) -> UpcomingInvoic
     items: list[InvoiceLineItem] = []
     starts: list[datetime] = []
     ends: list[datetime] = []
+    scheduled = await _scheduled(session, [sub.id for sub in rows])
+    catalog = get_catalog(settings.billing_plans_file)
     for sub in rows:
         assert sub.current_period_end is not None
+        plan_name, quantity, amount = sub.plan_name, sub.quantity, sub.base_price_cents
+        if (change := scheduled.get(sub.id)) is not None:
+            plan_name, quantity = change.to_plan, change.to_quantity
+            amount = unit_price(catalog, sub.resource_type, plan_name) * quantity
         start = sub.current_period_end
         months = 12 if sub.billing_interval in ("annual", "yearly", "year") else 1
         end = datetime.fromtimestamp(add_month(int(start.timestamp()), months), UTC)
@@ -384,9 +394,9 @@ async def upcoming_invoice(session: AsyncSession, org_id: str) -> UpcomingInvoic
         ends.append(end)
         items.append(
             InvoiceLineItem(
-                description=f"{sub.plan_name} ({sub.resource_type} {sub.resource_id or 'pending'})",
-                amount=sub.base_price_cents,
-                quantity=1,
+                description=f"{plan_name} ({sub.resource_type} {sub.resource_id or 'pending'})",
+                amount=amount,
+                quantity=quantity,
                 period_start=_iso(start),
                 period_end=_iso(end),
             )

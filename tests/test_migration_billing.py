@@ -378,7 +378,8 @@ def test_upgrade_carries_every_legacy_billing_row_into_the_org_model(
         )
         assert [t[0] for t in triggers] == ["trg_billing_audit_logs_append_only"]
 
-    # --- the migrated data works with the domain code --------------------------------------------------------------
+    # --- the migrated data works with the domain code (which runs on the head schema) ---------------------------
+    migrations.upgrade("head", legacy_url)
     with Session(engine) as s, s.begin():
         assert invoices.next_invoice_number(s, datetime(2025, 10, 20, tzinfo=UTC)) == "INV-2025-10-0008"
         graph_alice = data["graphs"]["alice"]
@@ -434,7 +435,7 @@ def test_downgrade_round_trip_restores_the_legacy_shape_and_rows(engine: sa.Engi
 def test_downgrade_refuses_rows_of_team_orgs_unless_data_loss_is_accepted(engine: sa.Engine, legacy_url: str) -> None:
     data = seed(engine)
     owner = data["users"]["bob"]
-    migrations.upgrade(BILLING, legacy_url)
+    migrations.upgrade("head", legacy_url)  # rows written by the domain code (the head schema), then down again
     with Session(engine) as s, s.begin():
         s.execute(sa.text("INSERT INTO orgs (id, name, org_type) VALUES ('org_team', 'Team', 'team')"))
         s.execute(
@@ -452,7 +453,7 @@ def test_downgrade_refuses_rows_of_team_orgs_unless_data_loss_is_accepted(engine
     assert "1 subscriptions of team/enterprise orgs" in message and "1 billing customers of team" in message
     assert "allow_data_loss" in message
     with engine.connect() as conn:  # nothing changed
-        assert _one(conn, "SELECT version_num FROM alembic_version") == BILLING
+        assert _one(conn, "SELECT version_num FROM alembic_version") == BILLING  # the later revisions went down
         assert _one(conn, "SELECT org_id FROM billing_subscriptions WHERE id = :i", i=team_sub) == "org_team"
 
     migrations.downgrade(BEFORE, legacy_url, allow_data_loss=True)
@@ -547,7 +548,7 @@ def test_downgrade_keys_rows_created_in_the_org_model_back_to_their_user(engine:
     data = seed(engine)
     erin = data["users"]["erin"]
     pending = data["extra"]["pending_cs"]
-    migrations.upgrade(BILLING, legacy_url)
+    migrations.upgrade("head", legacy_url)  # rows written by the domain code (the head schema), then down again
     now = datetime.now(UTC)
     with Session(engine) as s, s.begin():
         org = _personal_org(s.connection(), erin)

@@ -27,6 +27,7 @@ from robosystems.billing.audit import Actor, record_for_actor
 from robosystems.errors import AppError, Conflict, NotFound, Unprocessable
 from robosystems.ids import new_id
 from robosystems.models.graphs import Graph, GraphCredits, GraphCreditTransaction
+from robosystems.outbound import events as outbound
 
 CENT = Decimal("0.01")
 MAX_AMOUNT = Decimal("99999999.99")  # numeric(10,2)
@@ -275,7 +276,7 @@ def _debit(session: Session, graph_id: str, value: Decimal) -> tuple[str, Decima
         update(GraphCredits)
         .where(GraphCredits.graph_id == graph_id, GraphCredits.current_balance >= value)
         .values(current_balance=GraphCredits.current_balance - value, updated_at=func.now())
-        .returning(GraphCredits.id, GraphCredits.current_balance)
+        .returning(GraphCredits.id, GraphCredits.current_balance, GraphCredits.monthly_allocation)
     ).one_or_none()
     if row is None:
         current = balance(session, graph_id)
@@ -285,6 +286,7 @@ def _debit(session: Session, graph_id: str, value: Decimal) -> tuple[str, Decima
             "Not enough credits for this operation",
             extra={"required": str(value), "available": str(current)},
         )
+    outbound.credits_debited(session, graph_id, balance=Decimal(row[1]), debited=value, monthly_allocation=row[2])
     return str(row[0]), Decimal(row[1])
 
 

@@ -13,8 +13,8 @@ EVENT_TYPES: dict[str, str] = {
     "invitation.created": "someone was invited",
     "invitation.accepted": "an invitation was accepted",
     "subscription.created": "a subscription was created (checkout started, or a graph bought with a card on file)",
-    "subscription.updated": "a subscription's status changed (other than to canceled), or a cancellation was "
-    "scheduled at period end",
+    "subscription.updated": "a subscription's status changed (other than to canceled), or `cancel_at_period_end` "
+    "changed (a cancellation scheduled or taken back)",
     "subscription.canceled": "a subscription was canceled",
     "invoice.paid": "an invoice was paid (once per invoice)",
     "invoice.payment_failed": "a payment attempt for an invoice failed (once per attempt)",

@@ -29,6 +29,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -431,6 +432,17 @@ def _still_running(futures: list[asyncio.Future[None]]) -> list[asyncio.Future[N
     return [f for f in futures if not f.done()]
 
 
+def _in_own_loop(make: Callable[[], Coroutine[Any, Any, bool]]) -> bool:
+    """``asyncio.run`` — on a helper thread when this thread already runs a loop (a task called eagerly from
+    async code, e.g. a test)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="robosystems-outbound") as helper:
+        return helper.submit(lambda: asyncio.run(make())).result()
+
+
 _run_lock = threading.Lock()
 _run_wanted = threading.Event()
 
@@ -446,7 +458,7 @@ def deliver(ctx: WorkerContext) -> dict[str, Any]:
         try:
             _run_wanted.clear()
             deadline = time.monotonic() + ctx.settings.outbound_webhooks_pump_seconds
-            more = asyncio.run(_run(ctx, deadline, stats))
+            more = _in_own_loop(lambda: _run(ctx, deadline, stats))
         finally:
             _run_lock.release()
         if more:

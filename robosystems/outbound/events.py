@@ -331,11 +331,11 @@ def graph_provisioning_failed(session: Session, sub: Any, reason: str, *, compen
 
 def graph_read_only(
     session: Session, org_id: str, graph_id: str, subscription_id: str | None, *, reason: str, since: str = ""
-) -> None:
+) -> str | None:
     """``reason``: the subscription status that froze the graph (``past_due``: beyond the grace period)."""
     data = {"graph_id": graph_id, "org_id": org_id, "subscription_id": subscription_id, "reason": reason}
     key = f"graph.read_only:{graph_id}:{subscription_id}:{reason}:{since}"
-    emit(session, org_id, "graph.read_only", data, key=key)
+    return emit(session, org_id, "graph.read_only", data, key=key)
 
 
 def graph_deleted(session: Session, org_id: str | None, graph_id: str, subscription_id: str | None) -> None:

@@ -51,7 +51,8 @@ def prune_events(ctx: WorkerContext, *, now: datetime | None = None) -> int:
 
 
 def past_due_read_only(ctx: WorkerContext, *, now: datetime | None = None) -> int:
-    """``graph.read_only`` (reason ``past_due``) once per past-due episode whose grace period has ended."""
+    """``graph.read_only`` (reason ``past_due``) once per past-due episode whose grace period has ended; returns how
+    many were new."""
     now = now or datetime.now(UTC)
     emitted = 0
     with sync_unit_of_work(ctx.maker) as session:
@@ -62,6 +63,6 @@ def past_due_read_only(ctx: WorkerContext, *, now: datetime | None = None) -> in
             if state.writable:
                 continue
             since = (row.past_due_since or row.updated_at).isoformat()
-            events.graph_read_only(session, row.org_id, row.resource_id, row.id, reason="past_due", since=since)
-            emitted += 1
+            if events.graph_read_only(session, row.org_id, row.resource_id, row.id, reason="past_due", since=since):
+                emitted += 1
     return emitted

@@ -33,6 +33,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import httpcore
@@ -458,7 +459,7 @@ def deliver(ctx: WorkerContext) -> dict[str, Any]:
         try:
             _run_wanted.clear()
             deadline = time.monotonic() + ctx.settings.outbound_webhooks_pump_seconds
-            more = _in_own_loop(lambda: _run(ctx, deadline, stats))
+            more = _in_own_loop(partial(_run, ctx, deadline, stats))
         finally:
             _run_lock.release()
         if more:

@@ -5,7 +5,7 @@ One run (:func:`deliver`, the ``robosystems.outbound.deliver`` task) is an async
 * **claim** (own short transaction, serialized by an advisory lock so the caps hold across processes): due
   ``pending`` deliveries of enabled endpoints, at most ``OUTBOUND_WEBHOOKS_ENDPOINT_CONCURRENCY`` in flight per
   endpoint (counting every process's leases), earliest first, leased for the request's whole deadline;
-* **send** up to ``OUTBOUND_WEBHOOKS_CONCURRENCY`` at once through the guarded client
+* **send** up to ``OUTBOUND_WEBHOOKS_CONCURRENCY`` at once through the guarded aiohttp client
   (:mod:`robosystems.outbound.guard`): connect and read timeouts plus a total deadline, no redirects, the response
   body read up to ``OUTBOUND_WEBHOOKS_RESPONSE_MAX_BYTES``.  Headers come from :mod:`robosystems.outbound.signing`.
   A 2xx is delivered; anything else (3xx included), a timeout or a refused address is a failed attempt;
@@ -36,29 +36,33 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
-import httpcore
-from sqlalchemy import insert, select, text
+import aiohttp
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from robosystems.config import Settings
 from robosystems.db import sync_unit_of_work
 from robosystems.ids import new_id
 from robosystems.mail.service import queue_mail_sync
-from robosystems.models import OrgUser, OutboundAttempt, User
+from robosystems.models import OrgUser, User
 from robosystems.outbound.events import DELIVER_TASK
-from robosystems.outbound.guard import AddressRefused, Policy, UrlRefused, connection_pool, parse_url
+from robosystems.outbound.guard import AddressRefused, Policy, UrlRefused, check_target, client_session
 from robosystems.outbound.signing import headers as signed_headers
 from robosystems.worker import outbox
 from robosystems.worker.context import WorkerContext
 
 log = logging.getLogger("robosystems.outbound.delivery")
 
-USER_AGENT = b"robosystems-webhooks/1.0"
+USER_AGENT = "robosystems-webhooks/1.0"
 #: how long the loop waits for a completion before it looks for new work anyway
 CLAIM_POLL_SECONDS = 0.25
 LEASE_MARGIN_SECONDS = 30.0
 DISABLED_MAIL_KIND = "webhook_endpoint_disabled"
 
+# Claims and records are bookkeeping of attempts already made or about to be made: losing the last few in a database
+# crash only sends those deliveries again (at least once, receivers deduplicate by webhook-id), so they commit without
+# waiting for the WAL flush (as the task outbox's claims do).
+_ASYNC_COMMIT = text("SET LOCAL synchronous_commit = off")
 _CLAIM_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended('robosystems.outbound.claim', 0))")
 _CLAIM = text(
     """
@@ -109,6 +113,14 @@ _RECORD = text(
            AS v(id, ok, give_up, code, at, next)
      WHERE d.id = v.id AND d.status = 'pending' AND d.lease_until IS NOT NULL
     RETURNING d.id, d.endpoint_id, d.status
+    """
+)
+_ATTEMPTS = text(
+    """
+    INSERT INTO outbound_attempts (id, delivery_id, attempted_at, status_code, duration_ms, response_body, error)
+    SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:deliveries AS text[]), CAST(:ats AS timestamptz[]),
+                         CAST(:codes AS integer[]), CAST(:durations AS integer[]), CAST(:bodies AS text[]),
+                         CAST(:errors AS text[]))
     """
 )
 _DISABLE = text(
@@ -190,6 +202,7 @@ def retry_delay(settings: Settings, attempts: int) -> float:
 def claim(ctx: WorkerContext, limit: int) -> list[Job]:
     settings = ctx.settings
     with sync_unit_of_work(ctx.maker) as session:
+        session.execute(_ASYNC_COMMIT)
         session.execute(_CLAIM_LOCK)
         rows = session.execute(
             _CLAIM,
@@ -223,20 +236,26 @@ def _error_text(exc: BaseException) -> str:
         return f"refused: {exc.detail}"
     if isinstance(exc, UrlRefused):
         return f"invalid URL: {exc.detail}"
-    if isinstance(exc, httpcore.ConnectTimeout):
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return "connect timeout"
-    if isinstance(exc, TimeoutError | httpcore.TimeoutException):
+    if isinstance(exc, TimeoutError):  # aiohttp's read timeouts are TimeoutErrors too
         return "timeout"
-    if isinstance(exc, httpcore.ConnectError):
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "could not resolve the host"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return "TLS error"
+    if isinstance(exc, aiohttp.ClientConnectorError):
         return "connection failed"
-    if isinstance(exc, httpcore.ProtocolError):
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server disconnected"
+    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
         return "invalid HTTP response"
-    if isinstance(exc, httpcore.NetworkError):
+    if isinstance(exc, aiohttp.ClientError):
         return "network error"
     return type(exc).__name__
 
 
-async def send(pool: httpcore.AsyncConnectionPool, settings: Settings, policy: Policy, job: Job) -> Outcome:
+async def send(session: aiohttp.ClientSession, settings: Settings, policy: Policy, job: Job) -> Outcome:
     """One signed POST; never raises (the outcome says what happened)."""
     attempted_at = datetime.now(UTC)
     started = time.perf_counter()
@@ -246,27 +265,22 @@ async def send(pool: httpcore.AsyncConnectionPool, settings: Settings, policy: P
     cap = settings.outbound_webhooks_response_max_bytes
     try:
         async with asyncio.timeout(request_deadline(settings)):
-            parse_url(job.url, policy)  # the scheme rule of this environment (stored URLs were checked when set)
-            signed = signed_headers(job.secrets, job.event_id, attempted_at, job.body)
-            request_headers = [
-                (b"content-type", b"application/json"),
-                (b"user-agent", USER_AGENT),
-                *((k.encode(), v.encode()) for k, v in signed.items()),
-            ]
-            connect = settings.outbound_webhooks_connect_timeout_seconds
-            read = settings.outbound_webhooks_read_timeout_seconds
-            timeouts = {"connect": connect, "read": read, "write": read, "pool": request_deadline(settings)}
-            async with pool.stream(
-                "POST", job.url, headers=request_headers, content=job.body.encode(), extensions={"timeout": timeouts}
-            ) as response:
-                status = response.status
+            check_target(job.url, policy)  # this environment's scheme rule; an IP-literal host (names: at connect)
+            headers = {
+                "content-type": "application/json",
+                "user-agent": USER_AGENT,
+                **signed_headers(job.secrets, job.event_id, attempted_at, job.body),
+            }
+            async with session.post(job.url, data=job.body.encode(), headers=headers, allow_redirects=False) as resp:
+                status = resp.status
                 received = bytearray()
-                if cap > 0:
-                    async for chunk in response.aiter_stream():
-                        received += chunk
-                        if len(received) >= cap:
-                            break  # the rest is not read: the connection is closed instead of reused
-                kept = bytes(received[:cap]).decode("utf-8", "replace") if received else None
+                while len(received) < cap:
+                    chunk = await resp.content.read(cap - len(received))
+                    if not chunk:
+                        break
+                    received += chunk
+                # a longer body is not read further: the connection is closed instead of reused
+                kept = bytes(received).decode("utf-8", "replace") if received else None
     except Exception as exc:  # noqa: BLE001 - every failure is an outcome of the attempt
         error = _error_text(exc)[:200]
     duration_ms = int((time.perf_counter() - started) * 1000)
@@ -334,6 +348,7 @@ def record(ctx: WorkerContext, outcomes: list[Outcome], stats: RunStats) -> None
         nexts.append(at)
     by_id = {o.job.delivery_id: o for o in outcomes}
     with sync_unit_of_work(ctx.maker) as session:
+        session.execute(_ASYNC_COMMIT)
         updated = session.execute(
             _RECORD,
             {
@@ -347,20 +362,18 @@ def record(ctx: WorkerContext, outcomes: list[Outcome], stats: RunStats) -> None
         ).all()
         if not updated:
             return  # endpoints deleted meanwhile
+        attempts = [by_id[r.id] for r in updated]
         session.execute(
-            insert(OutboundAttempt),
-            [
-                {
-                    "id": new_id("wha"),
-                    "delivery_id": r.id,
-                    "attempted_at": by_id[r.id].attempted_at,
-                    "status_code": by_id[r.id].status_code,
-                    "duration_ms": by_id[r.id].duration_ms,
-                    "response_body": by_id[r.id].response_body,
-                    "error": by_id[r.id].error,
-                }
-                for r in updated
-            ],
+            _ATTEMPTS,
+            {
+                "ids": [new_id("wha") for _ in attempts],
+                "deliveries": [o.job.delivery_id for o in attempts],
+                "ats": [o.attempted_at for o in attempts],
+                "codes": [o.status_code for o in attempts],
+                "durations": [o.duration_ms for o in attempts],
+                "bodies": [o.response_body for o in attempts],
+                "errors": [o.error for o in attempts],
+            },
         )
         retry_at = [n for r, n, g in zip(by_id, nexts, give_up, strict=True) if n is not None and not g]
         for r in updated:
@@ -381,36 +394,44 @@ def record(ctx: WorkerContext, outcomes: list[Outcome], stats: RunStats) -> None
 
 
 async def _run(ctx: WorkerContext, deadline: float, stats: RunStats) -> bool:
-    """Claim, send and record until nothing is due or the deadline passed; True when it stopped with work left."""
+    """Claim, send and record until nothing is due or the deadline passed; True when it stopped with work left.
+
+    Database work (claims, records) runs on one helper thread while the loop keeps sending: a claim is asked for
+    once a quarter of the slots are free, outcomes are recorded in batches (whatever finished while the previous
+    batch was being written)."""
     settings = ctx.settings
     limit = settings.outbound_webhooks_concurrency
     batch = max(1, limit // 4)
     policy = Policy.from_settings(settings)
     loop = asyncio.get_running_loop()
     db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="robosystems-outbound-db")
-    inflight: set[asyncio.Task[Outcome]] = set()
+    inflight: set[asyncio.Future[Any]] = set()
+    claiming: asyncio.Future[list[Job]] | None = None
+    asked = 0
     unrecorded: list[Outcome] = []
     recording: list[asyncio.Future[None]] = []
     stopping = False
     idle_round = False
     try:
-        async with connection_pool(settings, limit) as pool:
+        async with client_session(settings, limit) as session:
             while True:
-                free = limit - len(inflight)
-                claimed = 0
-                if not stopping and free > 0 and (free >= batch or not inflight or idle_round):
-                    jobs = await loop.run_in_executor(db, claim, ctx, free)
-                    claimed = len(jobs)
-                    inflight.update(asyncio.create_task(send(pool, settings, policy, job)) for job in jobs)
-                if not inflight:
-                    if claimed == 0:
-                        break
-                    continue
-                done, inflight = await asyncio.wait(
-                    inflight, timeout=CLAIM_POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
-                )
+                free = limit - len(inflight) - asked
+                if claiming is None and not stopping and free > 0 and (free >= batch or not inflight or idle_round):
+                    claiming, asked = loop.run_in_executor(db, claim, ctx, free), free
+                waiting: set[asyncio.Future[Any]] = inflight | ({claiming} if claiming is not None else set())
+                if not waiting:
+                    break
+                done, _ = await asyncio.wait(waiting, timeout=CLAIM_POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED)
                 idle_round = not done
-                unrecorded.extend(t.result() for t in done)
+                if claiming is not None and claiming in done:
+                    jobs = claiming.result()
+                    claiming, asked = None, 0
+                    inflight.update(asyncio.create_task(send(session, settings, policy, job)) for job in jobs)
+                    if not jobs and not inflight:
+                        break  # nothing due, nothing in flight
+                finished = [t for t in done if t in inflight]
+                inflight.difference_update(finished)
+                unrecorded.extend(t.result() for t in finished)
                 recording = _still_running(recording)
                 if unrecorded and (not recording or len(unrecorded) >= batch or not inflight):
                     recording.append(loop.run_in_executor(db, record, ctx, unrecorded, stats))
@@ -448,25 +469,33 @@ _run_lock = threading.Lock()
 _run_wanted = threading.Event()
 
 
+def _any_due(ctx: WorkerContext) -> bool:
+    with ctx.engine.connect() as conn:
+        return bool(conn.execute(_ANY_DUE).scalar_one())
+
+
 def deliver(ctx: WorkerContext) -> dict[str, Any]:
     """The task body.  If a run is already going in this process it takes the new work (it looks again before it
-    ends); a run that used its time re-enqueues itself and returns, so other tasks get the thread."""
+    ends); with nothing due it returns at once (one indexed query: every emitting transaction requests a run, most
+    find their deliveries taken by a run already going); a run that used its time re-enqueues itself and returns,
+    so other tasks get the thread."""
     stats = RunStats()
     _run_wanted.set()
-    while _run_wanted.is_set():
+    more = False
+    while _run_wanted.is_set() and not more:
         if not _run_lock.acquire(blocking=False):
             return stats.as_dict()
         try:
             _run_wanted.clear()
-            deadline = time.monotonic() + ctx.settings.outbound_webhooks_pump_seconds
-            more = _in_own_loop(partial(_run, ctx, deadline, stats))
+            if _any_due(ctx):
+                deadline = time.monotonic() + ctx.settings.outbound_webhooks_pump_seconds
+                more = _in_own_loop(partial(_run, ctx, deadline, stats))
         finally:
             _run_lock.release()
-        if more:
-            with sync_unit_of_work(ctx.maker) as session:
-                if session.execute(_ANY_DUE).scalar_one():
-                    outbox.enqueue(session, DELIVER_TASK)
-            break
+    if more:
+        with sync_unit_of_work(ctx.maker) as session:
+            if session.execute(_ANY_DUE).scalar_one():
+                outbox.enqueue(session, DELIVER_TASK)
     if stats.delivered or stats.failed or stats.retrying:
         log.info("outbound webhooks: %s", stats.as_dict())
     return stats.as_dict()

@@ -10,16 +10,18 @@ Address classes (IPv4-mapped, 6to4, Teredo and NAT64 IPv6 addresses are judged b
 * **public** — everything else.
 
 Two checks: :func:`check_url` when an endpoint is registered or changed (scheme — ``https`` outside
-development/test —, no credentials in the URL, and the host's current addresses), and :class:`GuardedBackend` at
-every connection: it resolves the host itself, refuses the connection if ANY address is not allowed, and connects
-to the very address it checked (TLS still verifies the certificate against the host name), so a DNS answer that
-changes between the check and the connection (rebinding) gains nothing.  The HTTP client built on it
-(:func:`connection_pool`) reads no proxy settings from the environment and never follows redirects.
+development/test —, no credentials in the URL, and the host's current addresses), and at every new connection
+(:class:`GuardedResolver`, plus :func:`check_target` for IP-literal hosts): the host is resolved, the connection
+refused if ANY address is not allowed, and aiohttp's connector connects to the very addresses that were checked
+(TLS still verifies the certificate against the host name), so a DNS answer that changes between the check and
+the connection (rebinding) gains nothing.  The HTTP client (:func:`client_session`) reads no proxy settings from
+the environment and never follows redirects.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import ssl
@@ -28,8 +30,10 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
+import aiohttp
 import certifi
-import httpcore
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
 
 from robosystems.config import Settings
 from robosystems.errors import Unprocessable
@@ -193,55 +197,54 @@ async def check_url(url: str, policy: Policy) -> str:
     return url
 
 
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore network backend that resolves, checks and connects to the checked address (see module doc)."""
+@functools.lru_cache(maxsize=4096)
+def check_target(url: str, policy: Policy) -> Target:
+    """Before each attempt: the URL rules of this environment, and an IP-literal host against the policy (a name
+    is checked by :class:`GuardedResolver` when the connection is made).  Pure, so remembered per (url, policy);
+    a refusal is not remembered (it raises)."""
+    target = parse_url(url, policy)
+    literal = _ip_literal(target.host)
+    if literal is not None:
+        policy.check_address(literal)
+    return target
 
-    def __init__(self, policy: Policy, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp resolver: the name's addresses, refused if ANY is outside the policy.  The connector connects to the
+    addresses this returns (TLS verifies the certificate for the name), never resolving again on its own."""
+
+    def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self.inner = inner or httpcore.AnyIOBackend()
+        self.inner = ThreadedResolver()
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's backend interface
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        try:
-            addresses = await resolve(host, port, timeout or self.policy.resolve_timeout)
-        except (OSError, TimeoutError, UnicodeError) as exc:
-            raise httpcore.ConnectError(f"could not resolve the host ({type(exc).__name__})") from exc
-        self.policy.check_addresses(addresses)
-        error: Exception | None = None
-        for ip in addresses:
-            try:
-                return await self.inner.connect_tcp(
-                    str(ip), port, timeout=timeout, local_address=local_address, socket_options=socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                error = exc
-        assert error is not None
-        raise error
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await asyncio.wait_for(self.inner.resolve(host, port, family), self.policy.resolve_timeout)
+        self.policy.check_addresses(ipaddress.ip_address(r["host"]) for r in results)
+        return results
 
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's backend interface
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise AddressRefused("Webhooks are delivered over TCP only", code="webhook_url_forbidden")
-
-    async def sleep(self, seconds: float) -> None:
-        await self.inner.sleep(seconds)
+    async def close(self) -> None:
+        await self.inner.close()
 
 
-def connection_pool(settings: Settings, max_connections: int) -> httpcore.AsyncConnectionPool:
-    """The delivery client: guarded connections, certificate verification, keep-alive, no proxy, no redirects."""
-    return httpcore.AsyncConnectionPool(
-        ssl_context=ssl.create_default_context(cafile=certifi.where()),
-        max_connections=max_connections,
-        max_keepalive_connections=max_connections,
-        keepalive_expiry=30.0,
-        network_backend=GuardedBackend(Policy.from_settings(settings)),
+def client_session(settings: Settings, max_connections: int) -> aiohttp.ClientSession:
+    """The delivery client: guarded name resolution on every new connection (no DNS cache), certificate
+    verification, keep-alive, no proxy from the environment (``trust_env=False``); redirects are refused per
+    request."""
+    connect = settings.outbound_webhooks_connect_timeout_seconds
+    read = settings.outbound_webhooks_read_timeout_seconds
+    connector = aiohttp.TCPConnector(
+        limit=max_connections,
+        limit_per_host=0,
+        use_dns_cache=False,
+        resolver=GuardedResolver(Policy.from_settings(settings)),
+        ssl=ssl.create_default_context(cafile=certifi.where()),
+        keepalive_timeout=30.0,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        trust_env=False,
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=connect + read, sock_connect=connect, sock_read=read),
     )

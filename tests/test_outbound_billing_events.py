@@ -16,30 +16,19 @@ from standardwebhooks import Webhook
 
 from robosystems.graphs import jobs
 from robosystems.outbound import jobs as outbound_jobs
+from robosystems.outbound.catalogue import SUBSCRIBABLE
 from robosystems.payments.factory import get_provider
 from robosystems.payments.local import LocalPaymentProvider
 from robosystems.worker import context
 from robosystems.worker.context import WorkerContext
 from tests.graphs_support import ADMIN_KEY, SETTINGS, _real_backend, query, row, run_all, sub_row, worker_settings
-from tests.helpers import PASSWORD, unique_email
-from tests.org_helpers import Person
+from tests.org_helpers import Person, make_org, person
 from tests.outbound_support import FAST, Receiver, event_data, event_types, receiver
 
 __all__ = ["_real_backend", "receiver"]  # fixtures
 
 App = tuple[FastAPI, httpx.AsyncClient]
-BILLING_EVENTS = [
-    "subscription.created",
-    "subscription.updated",
-    "subscription.canceled",
-    "invoice.paid",
-    "invoice.payment_failed",
-    "graph.provisioned",
-    "graph.provisioning_failed",
-    "graph.read_only",
-    "graph.deleted",
-    "credits.low",
-]
+BILLING_EVENTS = [t for t in SUBSCRIBABLE if t.startswith(("subscription.", "invoice.", "graph.", "credits."))]
 
 
 @pytest.fixture
@@ -63,16 +52,38 @@ async def _provider_event(client: httpx.AsyncClient, provider: LocalPaymentProvi
         assert delivered.status_code == 200, delivered.text
 
 
+async def buy_graph(
+    client: httpx.AsyncClient,
+    worker: WorkerContext,
+    owner: Person,
+    org_id: str,
+    name: str,
+    before_paying: Callable[[], bool] = lambda: True,
+) -> str:
+    """Ask for a graph (402 + checkout), pay on the local provider's page, run the worker (webhooks, provisioning,
+    deliveries); returns the subscription id."""
+    asked = await client.post(
+        "/v1/graphs",
+        json={"metadata": {"graph_name": name}, "instance_tier": "kuzu-standard", "org_id": org_id},
+        headers={**owner.auth, "Idempotency-Key": f"buy-{name}"},
+    )
+    assert asked.status_code == 402, asked.text
+    assert before_paying()
+    paid = await client.post(
+        f"/billing/local/checkout/{asked.json()['session_id']}/pay", data={"card_number": "4242424242424242"}
+    )
+    assert paid.status_code == 303
+    run_all(worker)
+    sub_id: str = asked.json()["subscription_id"]
+    return sub_id
+
+
 async def test_purchase_lifecycle_events(
     paid_app: App, worker: WorkerContext, receiver: Receiver, sync_engine: Engine
 ) -> None:
     _, client = paid_app
-    email = unique_email("buyer")
-    registered = (
-        await client.post("/v1/auth/register", json={"name": "Buyer", "email": email, "password": PASSWORD})
-    ).json()
-    owner = Person(registered["user"]["id"], email, registered["token"], registered["org"]["id"])
-    org_id = (await client.post("/v1/orgs", json={"name": "Buyers"}, headers=owner.auth)).json()["id"]
+    owner = await person(client, "buyer")
+    org_id = (await make_org(client, owner, name="Buyers"))["id"]
     endpoint = (
         await client.post(
             f"/v1/orgs/{org_id}/webhook-endpoints",
@@ -81,17 +92,16 @@ async def test_purchase_lifecycle_events(
         )
     ).json()
 
-    asked = await client.post(
-        "/v1/graphs",
-        json={"metadata": {"graph_name": "Filings"}, "instance_tier": "kuzu-standard", "org_id": org_id},
-        headers={**owner.auth, "Idempotency-Key": "buy-1"},
+    sub_id = await buy_graph(
+        client,
+        worker,
+        owner,
+        org_id,
+        "Filings",
+        before_paying=lambda: (
+            event_types(sync_engine, org_id) == ["subscription.created"]  # with the checkout's transaction
+        ),
     )
-    assert asked.status_code == 402, asked.text
-    sub_id, session_id = asked.json()["subscription_id"], asked.json()["session_id"]
-    assert event_types(sync_engine, org_id) == ["subscription.created"]  # with the checkout's transaction
-    paid = await client.post(f"/billing/local/checkout/{session_id}/pay", data={"card_number": "4242424242424242"})
-    assert paid.status_code == 303
-    run_all(worker)  # webhooks, provisioning and deliveries
     sub = sub_row(sync_engine, sub_id)
     graph_id = sub["resource_id"]
     assert sub["status"] == "active"
@@ -176,20 +186,9 @@ async def test_past_due_beyond_grace_turns_read_only_once(
 ) -> None:
     """Past due is writable for PAST_DUE_GRACE_DAYS; the scheduled check tells when that ends (once)."""
     _, client = paid_app
-    email = unique_email("late")
-    registered = (
-        await client.post("/v1/auth/register", json={"name": "Late", "email": email, "password": PASSWORD})
-    ).json()
-    owner = Person(registered["user"]["id"], email, registered["token"], registered["org"]["id"])
-    org_id = (await client.post("/v1/orgs", json={"name": "Late payers"}, headers=owner.auth)).json()["id"]
-    asked = await client.post(
-        "/v1/graphs",
-        json={"metadata": {"graph_name": "G"}, "instance_tier": "kuzu-standard", "org_id": org_id},
-        headers={**owner.auth, "Idempotency-Key": "late-1"},
-    )
-    sub_id, session_id = asked.json()["subscription_id"], asked.json()["session_id"]
-    await client.post(f"/billing/local/checkout/{session_id}/pay", data={"card_number": "4242424242424242"})
-    run_all(worker)
+    owner = await person(client, "late")
+    org_id = (await make_org(client, owner, name="Late payers"))["id"]
+    sub_id = await buy_graph(client, worker, owner, org_id, "G")
     provider = get_provider(worker.settings)
     assert isinstance(provider, LocalPaymentProvider)
     invoice_id = row(

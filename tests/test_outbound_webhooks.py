@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from sqlalchemy import Engine, text
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from robosystems.outbound.catalogue import catalogue_markdown
+from robosystems.outbound.catalogue import SUBSCRIBABLE, catalogue_markdown
 from robosystems.outbound.guard import Policy, UrlRefused, classify, parse_url
 from robosystems.worker import context
 from robosystems.worker.context import WorkerContext
@@ -39,15 +39,7 @@ from tests.outbound_support import (
 __all__ = ["outbound_worker", "receiver"]  # fixtures
 
 App = tuple[FastAPI, httpx.AsyncClient]
-ALL_ORG_EVENTS = [
-    "org.updated",
-    "org.deleted",
-    "member.added",
-    "member.removed",
-    "member.role_changed",
-    "invitation.created",
-    "invitation.accepted",
-]
+ALL_ORG_EVENTS = [t for t in SUBSCRIBABLE if t.startswith(("org.", "member.", "invitation."))]
 
 
 @pytest.fixture
@@ -76,6 +68,12 @@ async def register_endpoint(
     assert created.status_code == 201, created.text
     body: dict[str, Any] = created.json()
     return body
+
+
+async def team(client: httpx.AsyncClient, name: str = "Acme") -> tuple[Person, str]:
+    """A new person and a team org they own."""
+    owner = await person(client, "owner")
+    return owner, (await make_org(client, owner, name=name))["id"]
 
 
 def verify(secret: str, received: Any) -> Any:
@@ -161,8 +159,7 @@ async def test_endpoint_api_secret_once_roles_and_limits(strict_app: App, sync_e
 
 async def test_ssrf_refusals_at_registration(strict_app: App, dev_app: App, receiver: Receiver) -> None:
     _, client = strict_app
-    owner = await person(client, "owner")
-    org_id = (await make_org(client, owner))["id"]
+    owner, org_id = await team(client)
 
     async def refused(url: str, c: httpx.AsyncClient = client) -> str:
         response = await c.post(hooks(org_id), json={"url": url, "events": ["org.updated"]}, headers=owner.auth)
@@ -238,8 +235,7 @@ async def test_org_update_is_delivered_signed_and_listed(
     dev_app: App, outbound_worker: WorkerContext, receiver: Receiver, sync_engine: Engine
 ) -> None:
     _, client = dev_app
-    owner = await person(client, "owner")
-    org_id = (await make_org(client, owner, name="Acme"))["id"]
+    owner, org_id = await team(client, "Acme")
     receiver.response_body = b"x" * 5000  # kept up to OUTBOUND_WEBHOOKS_RESPONSE_MAX_BYTES
     endpoint = await register_endpoint(client, owner, org_id, receiver.url())
 
@@ -289,8 +285,7 @@ async def test_receiver_down_then_retried_and_delivered_later(
 ) -> None:
     _, client = dev_app
     down = Receiver()  # its port is reserved, nothing listens yet: connection refused
-    owner = await person(client, "owner")
-    org_id = (await make_org(client, owner))["id"]
+    owner, org_id = await team(client)
     endpoint = await register_endpoint(client, owner, org_id, down.url())
     assert (await client.put(f"/v1/orgs/{org_id}", json={"name": "Renamed"}, headers=owner.auth)).status_code == 200
     await deliver(outbound_worker)
@@ -323,8 +318,7 @@ async def test_rotation_signs_with_both_secrets_during_the_overlap(
     dev_app: App, outbound_worker: WorkerContext, receiver: Receiver, sync_engine: Engine
 ) -> None:
     _, client = dev_app
-    owner = await person(client, "owner")
-    org_id = (await make_org(client, owner))["id"]
+    owner, org_id = await team(client)
     endpoint = await register_endpoint(client, owner, org_id, receiver.url())
     old = endpoint["secret"]
     rotated = await client.post(hooks(org_id, f"/{endpoint['id']}/rotate-secret"), headers=owner.auth)
@@ -360,8 +354,7 @@ async def test_addresses_are_checked_again_at_connect_time(
     """Registered while private targets were allowed; the worker runs without the flag: its own resolution of the
     name (``localhost`` -> loopback) at connection time refuses, and nothing reaches the receiver."""
     _, client = dev_app
-    owner = await person(client, "owner")
-    org_id = (await make_org(client, owner))["id"]
+    owner, org_id = await team(client)
     await register_endpoint(client, owner, org_id, receiver.url(host="localhost"))
     assert (await client.put(f"/v1/orgs/{org_id}", json={"name": "Rebound"}, headers=owner.auth)).status_code == 200
     strict = outbound_ctx(database_url, sync_engine, outbound_webhooks_allow_private=False)
@@ -381,8 +374,7 @@ async def test_endpoint_disabled_after_the_last_retry_owners_mailed_then_replaye
     async with app_factory(**FAST, **window) as (_, client):
         ctx = outbound_ctx(database_url, sync_engine, **window)
         try:
-            owner = await person(client, "owner")
-            org_id = (await make_org(client, owner, name="Flaky Co"))["id"]
+            owner, org_id = await team(client, "Flaky Co")
             admin = await add_member(client, sync_engine, owner, org_id, "admin", "adm")
             endpoint = await register_endpoint(client, owner, org_id, receiver.url("/broken"))
             ep = endpoint["id"]
@@ -433,8 +425,7 @@ async def test_retry_one_delivery(
     dev_app: App, outbound_worker: WorkerContext, receiver: Receiver, sync_engine: Engine
 ) -> None:
     _, client = dev_app
-    owner = await person(client, "owner")
-    org_id = (await make_org(client, owner))["id"]
+    owner, org_id = await team(client)
     endpoint = await register_endpoint(client, owner, org_id, receiver.url())
     sent = (await client.post(hooks(org_id, f"/{endpoint['id']}/test"), headers=owner.auth)).json()
     await deliver(outbound_worker)
@@ -463,8 +454,7 @@ async def test_a_slow_endpoint_does_not_delay_another(
         ctx = outbound_ctx(database_url, sync_engine, **cap)
         try:
             receiver.delays["/slow"] = 0.6
-            owner = await person(client, "owner")
-            org_id = (await make_org(client, owner))["id"]
+            owner, org_id = await team(client)
             await register_endpoint(client, owner, org_id, receiver.url("/slow"))
             await register_endpoint(client, owner, org_id, receiver.url("/fast"))
             for i in range(6):
@@ -493,8 +483,7 @@ async def test_org_member_and_invitation_events(
     dev_app: App, outbound_worker: WorkerContext, receiver: Receiver, sync_engine: Engine
 ) -> None:
     _, client = dev_app
-    owner = await person(client, "owner")
-    org_id = (await make_org(client, owner, name="Team"))["id"]
+    owner, org_id = await team(client, "Team")
     endpoint = await register_endpoint(client, owner, org_id, receiver.url(), ALL_ORG_EVENTS)
     member = await add_member(client, sync_engine, owner, org_id, "member", "joiner")
     changed = await client.put(f"/v1/orgs/{org_id}/members/{member.id}", json={"role": "admin"}, headers=owner.auth)
@@ -542,8 +531,7 @@ def test_readme_lists_the_event_catalogue() -> None:
 
 async def test_concurrent_registrations_respect_the_limit(strict_app: App) -> None:
     _, client = strict_app
-    owner = await person(client, "owner")
-    org_id = (await make_org(client, owner))["id"]
+    owner, org_id = await team(client)
     results = await asyncio.gather(
         *(
             client.post(

@@ -33,9 +33,29 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
 from robosystems.models.base import Base, created_at_column, updated_at_column
-from robosystems.outbound.catalogue import EVENT_TYPES, SUBSCRIBABLE
 
 DELIVERY_STATUSES = ("pending", "delivered", "failed")
+#: the event type vocabulary (CHECK constraints); what each means: robosystems.outbound.catalogue
+SUBSCRIBABLE = (
+    "org.updated",
+    "org.deleted",
+    "member.added",
+    "member.removed",
+    "member.role_changed",
+    "invitation.created",
+    "invitation.accepted",
+    "subscription.created",
+    "subscription.updated",
+    "subscription.canceled",
+    "invoice.paid",
+    "invoice.payment_failed",
+    "graph.provisioned",
+    "graph.provisioning_failed",
+    "graph.read_only",
+    "graph.deleted",
+    "credits.low",
+)
+EVENT_TYPES = (*SUBSCRIBABLE, "ping")  # ping: sent to one endpoint on request only
 _EVENT_TYPES_SQL = ", ".join(f"'{t}'" for t in EVENT_TYPES)
 _SUBSCRIBABLE_SQL = ", ".join(f"'{t}'" for t in SUBSCRIBABLE)
 

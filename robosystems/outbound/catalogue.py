@@ -3,7 +3,9 @@ constraint holds the vocabulary, see revision b9c0d1e2f3a4)."""
 
 from __future__ import annotations
 
-#: type -> when it is sent (README "Event catalogue")
+from robosystems.models.outbound import EVENT_TYPES as VOCABULARY
+
+#: type -> when it is sent (README "Event catalogue"); the types are the models' vocabulary (CHECK constraints)
 EVENT_TYPES: dict[str, str] = {
     "org.updated": "the organization's name or type changed (`previous_attributes` holds the old values)",
     "org.deleted": "the organization was deleted (restorable by an operator until `restorable_until`)",
@@ -25,6 +27,8 @@ EVENT_TYPES: dict[str, str] = {
     "credits.low": "a graph's credit balance fell below the threshold (% of its monthly allocation)",
     "ping": "sent by POST …/webhook-endpoints/{id}/test only",
 }
+
+assert tuple(EVENT_TYPES) == VOCABULARY, "the catalogue and the CHECK vocabulary must list the same types"
 
 #: what an endpoint may subscribe to (``ping`` is sent to one endpoint on request, whatever it subscribes to)
 SUBSCRIBABLE: tuple[str, ...] = tuple(t for t in EVENT_TYPES if t != "ping")

@@ -118,7 +118,7 @@ async def emit_async(
 async def _org(session: AsyncSession, org_id: str) -> dict[str, Any]:
     row = (
         await session.execute(
-            text("SELECT id, name, org_type, created_at, updated_at, deleted_at FROM orgs WHERE id = :id"),
+            text("SELECT id, name, org_type, created_at, updated_at FROM orgs WHERE id = :id"),
             {"id": org_id},
         )
     ).one()

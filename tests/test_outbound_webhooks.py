@@ -541,3 +541,35 @@ async def test_concurrent_registrations_respect_the_limit(strict_app: App) -> No
         )
     )
     assert sorted(r.status_code for r in results) == [201, 201, 403, 403, 403, 403]
+
+
+async def test_a_run_hands_its_thread_back_after_its_time(
+    app_factory: Callable[..., Any], database_url: str, receiver: Receiver, sync_engine: Engine
+) -> None:
+    """A backlog at a slow endpoint never holds a worker thread for long: the run stops claiming after
+    OUTBOUND_WEBHOOKS_PUMP_SECONDS, finishes what is in flight (bounded by the request deadline) and re-enqueues
+    itself for the rest, so the worker's other tasks (provisioning, the Stripe inbox) get their turn."""
+    from robosystems.outbound import delivery
+
+    budget = {"outbound_webhooks_pump_seconds": 0.2}
+    async with app_factory(**FAST) as (_, client):
+        ctx = outbound_ctx(database_url, sync_engine, **budget)
+        try:
+            receiver.delays["/slow"] = 0.4
+            owner, org_id = await team(client)
+            await register_endpoint(client, owner, org_id, receiver.url("/slow"))
+            for i in range(12):
+                assert (await client.put(f"/v1/orgs/{org_id}", json={"name": f"N{i}"}, headers=owner.auth)).is_success
+            with sync_engine.begin() as conn:
+                conn.execute(text("DELETE FROM task_outbox"))
+            started = asyncio.get_running_loop().time()
+            stats = await asyncio.to_thread(delivery.deliver, ctx)
+            took = asyncio.get_running_loop().time() - started
+            assert 0 < stats["delivered"] < 12 and took < 2.0  # 4 at a time (the cap), then it stopped claiming
+            queued = count(
+                sync_engine, "SELECT count(*) FROM task_outbox WHERE task_name = 'robosystems.outbound.deliver'"
+            )
+            assert queued == 1  # the rest is picked up by the next run
+            assert await deliver_until(ctx, lambda: len(receiver.on("/slow")) == 12)
+        finally:
+            context.reset()

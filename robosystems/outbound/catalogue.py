@@ -1,5 +1,5 @@
 """The event catalogue: every type a customer endpoint can subscribe to (the README shows this table; a CHECK
-constraint holds the vocabulary, see revision b9c0d1e2f3a4)."""
+constraint holds the vocabulary, see revision 0b16e7d2c4a9)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@
 Every table cascades from its org (an org purge removes them).  Downgrade drops the four tables; refused while
 any holds rows unless ``-x allow_data_loss=true`` (customers' endpoints and secrets would be lost).
 
-Revision ID: b9c0d1e2f3a4
+Revision ID: 0b16e7d2c4a9
 Revises: a8b9c0d1e2f3
 """
 
@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql
 
 from alembic import context, op
 
-revision: str = "b9c0d1e2f3a4"
+revision: str = "0b16e7d2c4a9"
 down_revision: str | None = "a8b9c0d1e2f3"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

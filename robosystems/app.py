@@ -39,6 +39,7 @@ from robosystems.observability import RequestContextMiddleware
 from robosystems.orgs.router import public_router as invitation_public_router
 from robosystems.orgs.router import router as orgs_router
 from robosystems.orgs.usage_router import router as org_usage_router
+from robosystems.outbound.router import router as outbound_router
 from robosystems.payments.factory import check_configuration as check_payment_configuration
 from robosystems.payments.local_router import router as local_payments_router
 from robosystems.services import AppServices
@@ -129,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(org_usage_router)
     app.include_router(orgs_router)
     app.include_router(invitation_public_router)
+    app.include_router(outbound_router)
     app.include_router(webhooks_router)
     app.include_router(admin_webhooks_router)
     app.include_router(admin_billing_router)

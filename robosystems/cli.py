@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from typing import Annotated
 
@@ -31,6 +32,18 @@ log = logging.getLogger("robosystems.cli")
 def _bootstrap() -> None:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """SIGTERM ends the process through ``SystemExit`` so ``atexit`` handlers run (the embedded PostgreSQL
+    is stopped by one).  uvicorn handles the signal itself while serving and, after its graceful shutdown,
+    re-raises it against the handler installed before it: with the default one the process would die
+    by the signal and skip ``atexit``, leaving the embedded PostgreSQL running."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _fail(message: str) -> None:
@@ -67,6 +80,7 @@ def serve(
         log.info("applying migrations")
         migrations.upgrade("head", url)
     log.info("serving on http://%s:%s", settings.host, settings.port)
+    _exit_cleanly_on_sigterm()
     uvicorn.run(
         "robosystems.app:create_app",
         factory=True,

@@ -163,6 +163,23 @@ class Settings(BaseSettings):
     graph_maintenance_interval_seconds: float = Field(default=3600.0, ge=10)  # scheduled graph/billing jobs
     rate_limit_admin_failures_per_ip: str = "30/minute"
 
+    # --- outbound webhooks: customer endpoints, signed delivery (robosystems/outbound) ----------
+    outbound_webhooks_allow_private: bool = False  # true (development only): private/loopback targets allowed
+    outbound_webhooks_connect_timeout_seconds: float = Field(default=3.0, gt=0)
+    outbound_webhooks_read_timeout_seconds: float = Field(default=10.0, gt=0)  # also bounds the whole request
+    outbound_webhooks_response_max_bytes: int = Field(default=2048, ge=0)  # response body read and kept per attempt
+    outbound_webhooks_endpoint_concurrency: int = Field(default=4, ge=1)  # requests in flight to one endpoint
+    outbound_webhooks_concurrency: int = Field(default=32, ge=1)  # requests in flight per worker process
+    outbound_webhooks_pump_seconds: float = Field(default=5.0, gt=0)  # a delivery run then yields its thread
+    outbound_webhooks_poll_interval_seconds: float = Field(default=5.0, gt=0)  # due retries are picked up
+    outbound_webhooks_retry_base_seconds: float = Field(default=10.0, gt=0)  # first retry; doubles each time
+    outbound_webhooks_retry_max_delay_seconds: float = Field(default=21600.0, gt=0)
+    outbound_webhooks_retry_jitter: float = Field(default=0.25, ge=0, le=1)  # each delay +- this fraction
+    outbound_webhooks_retry_window_seconds: float = Field(default=259200.0, gt=0)  # then failed; endpoint disabled
+    outbound_webhooks_secret_overlap_hours: float = Field(default=24.0, ge=0)  # old secret signs too after rotation
+    outbound_webhooks_event_retention_days: int = Field(default=30, ge=1)
+    outbound_webhooks_replay_max_events: int = Field(default=10000, ge=1)
+
     # --- legacy upgrade (robosystems/migrate_tools; the revisions read these, env first, then .env) ---
     migration_lock_timeout: str = "10s"  # longest wait of a migration statement for a table lock
     migration_statement_timeout: str = "10min"  # longest single migration statement

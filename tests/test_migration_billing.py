@@ -378,7 +378,7 @@ def test_upgrade_carries_every_legacy_billing_row_into_the_org_model(
         )
         assert [t[0] for t in triggers] == ["trg_billing_audit_logs_append_only"]
 
-    # --- the migrated data works with the domain code (which runs on the head schema) ---------------------------
+    # --- the migrated data works with the domain code (which runs at head: it also writes outbound events) ---------
     migrations.upgrade("head", legacy_url)
     with Session(engine) as s, s.begin():
         assert invoices.next_invoice_number(s, datetime(2025, 10, 20, tzinfo=UTC)) == "INV-2025-10-0008"
@@ -435,7 +435,7 @@ def test_downgrade_round_trip_restores_the_legacy_shape_and_rows(engine: sa.Engi
 def test_downgrade_refuses_rows_of_team_orgs_unless_data_loss_is_accepted(engine: sa.Engine, legacy_url: str) -> None:
     data = seed(engine)
     owner = data["users"]["bob"]
-    migrations.upgrade("head", legacy_url)  # rows written by the domain code (the head schema), then down again
+    migrations.upgrade("head", legacy_url)  # the domain code runs at head (it also writes outbound events)
     with Session(engine) as s, s.begin():
         s.execute(sa.text("INSERT INTO orgs (id, name, org_type) VALUES ('org_team', 'Team', 'team')"))
         s.execute(
@@ -447,6 +447,7 @@ def test_downgrade_refuses_rows_of_team_orgs_unless_data_loss_is_accepted(engine
         )
         team_sub = sub.id
         s.execute(sa.text("INSERT INTO billing_customers (org_id, provider) VALUES ('org_team', 'stripe')"))
+    command.downgrade(_config(legacy_url, "allow_data_loss=true"), BILLING)  # drops those outbound events
     with pytest.raises(RuntimeError) as caught:
         migrations.downgrade(BEFORE, legacy_url)
     message = str(caught.value)
@@ -548,7 +549,7 @@ def test_downgrade_keys_rows_created_in_the_org_model_back_to_their_user(engine:
     data = seed(engine)
     erin = data["users"]["erin"]
     pending = data["extra"]["pending_cs"]
-    migrations.upgrade("head", legacy_url)  # rows written by the domain code (the head schema), then down again
+    migrations.upgrade("head", legacy_url)  # the domain code runs at head (it also writes outbound events)
     now = datetime.now(UTC)
     with Session(engine) as s, s.begin():
         org = _personal_org(s.connection(), erin)
@@ -564,6 +565,7 @@ def test_downgrade_keys_rows_created_in_the_org_model_back_to_their_user(engine:
             lines=[invoices.LineItemInput("kuzu-large", 19900, now, now, subscription_id=sub.id)],
         )
         sub_id, inv_id = sub.id, inv.id
+    command.downgrade(_config(legacy_url, "allow_data_loss=true"), BILLING)  # drops those outbound events
     migrations.downgrade(BEFORE, legacy_url)
     with engine.connect() as conn:
         rows = dict(

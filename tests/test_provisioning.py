@@ -45,6 +45,7 @@ from tests.graphs_support import (
 )
 from tests.helpers import count
 from tests.org_helpers import person
+from tests.outbound_support import event_data
 
 __all__ = ["_real_backend", "free_app", "paid_app", "worker"]  # fixtures
 
@@ -178,6 +179,14 @@ async def test_backend_failing_every_attempt_fails_cleans_up_and_refunds_once(
     assert count(sync_engine, "SELECT count(*) FROM graphs WHERE graph_id = :g", g=graph_id) == 0
     assert audit_count(sync_engine, sub_id, "provisioning_failed") == 1
     assert audit_count(sync_engine, sub_id, "refund_processed") == 1
+    [failed] = event_data(sync_engine, sub["org_id"], "graph.provisioning_failed")  # outbound webhook, same transaction
+    assert failed == {
+        "subscription_id": sub_id,
+        "org_id": sub["org_id"],
+        "plan_name": sub["plan_name"],
+        "reason": "the graph database could not be created",
+        "compensation": "pending",
+    }
 
     local = get_provider(worker.settings)
     assert isinstance(local, LocalPaymentProvider)

@@ -17,7 +17,7 @@ Downgrade drops all of it; it refuses (naming what would be lost) while plan cha
 purchased credits, seat subscriptions or thresholds exist.
 
 Revision ID: b9c0d1e2f3a4
-Revises: a8b9c0d1e2f3
+Revises: 0b16e7d2c4a9
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from sqlalchemy.sql.elements import conv
 from alembic import context, op
 
 revision: str = "b9c0d1e2f3a4"
-down_revision: str | None = "a8b9c0d1e2f3"
+down_revision: str | None = "0b16e7d2c4a9"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

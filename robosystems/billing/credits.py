@@ -29,6 +29,7 @@ from robosystems.errors import AppError, Conflict, NotFound, Unprocessable
 from robosystems.ids import new_id
 from robosystems.models.graphs import Graph, GraphCredits, GraphCreditTransaction
 from robosystems.models.orgs import OrgLimits
+from robosystems.outbound import events as outbound
 from robosystems.worker import outbox
 
 CENT = Decimal("0.01")
@@ -412,6 +413,9 @@ def _debit(session: Session, graph_id: str, value: Decimal) -> tuple[str, Decima
         new_balance = Decimal(row[1])
         if threshold > 0 and new_balance < threshold <= new_balance + value:
             outbox.enqueue(session, CREDITS_LOW_TASK, [graph_id, str(new_balance), str(threshold)])
+            outbound.credits_low(
+                session, graph_id, balance=new_balance, threshold=threshold, monthly_allocation=Decimal(row[2])
+            )
     if row is None:
         current = balance(session, graph_id)
         if current is None:

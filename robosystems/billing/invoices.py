@@ -35,6 +35,7 @@ from robosystems.models.billing import (
     BillingInvoiceLineItem,
     BillingSubscription,
 )
+from robosystems.outbound import events as outbound
 
 log = logging.getLogger("robosystems.billing.invoices")
 
@@ -192,7 +193,9 @@ def create_invoice(
             "provider_invoice_id": stripe_invoice_id,
         },
     )
-    return session.execute(select(BillingInvoice).where(BillingInvoice.id == invoice_id)).scalar_one()
+    inv = session.execute(select(BillingInvoice).where(BillingInvoice.id == invoice_id)).scalar_one()
+    outbound.invoice_changed(session, inv)
+    return inv
 
 
 async def create_invoice_async(session: AsyncSession, **kwargs: Any) -> BillingInvoice:
@@ -483,6 +486,7 @@ def upsert_from_provider(
             description=f"Invoice {inv.invoice_number} {old_status} -> {inv.status}",
             data={"from": old_status, "to": inv.status, "provider_invoice_id": parsed.provider_id},
         )
+    outbound.invoice_changed(session, inv)
     return inv
 
 
@@ -535,6 +539,7 @@ def mark_paid(
         description=f"Invoice {inv.invoice_number} marked paid",
         data={"from": old_status, "amount_paid_cents": inv.amount_paid_cents},
     )
+    outbound.invoice_changed(session, inv)
     return inv
 
 

@@ -45,6 +45,7 @@ from robosystems.models.billing import BillingInvoice, BillingInvoiceLineItem, B
 from robosystems.models.billing_depth import BillingPlanChange
 from robosystems.orgs.access import OrgAccess
 from robosystems.orgs.policy import Action
+from robosystems.outbound import events as outbound
 from robosystems.payments.base import PaymentProvider
 from robosystems.payments.local import add_month
 
@@ -283,6 +284,7 @@ async def cancel_subscription(
     sub.ends_at = result.current_period_end or sub.current_period_end
     sub.updated_at = now
     await session.flush()
+    await session.run_sync(lambda s: outbound.subscription_cancel_changed(s, sub, False))
     await session.run_sync(
         lambda s: record_for_actor(
             s,

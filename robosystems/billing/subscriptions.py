@@ -33,6 +33,7 @@ from robosystems.billing.audit import Actor, record_for_actor
 from robosystems.errors import Conflict, NotFound, Unprocessable
 from robosystems.ids import new_id
 from robosystems.models.billing import LIVE_SUBSCRIPTION_STATUSES, SUBSCRIPTION_STATUSES, BillingSubscription
+from robosystems.outbound import events as outbound
 from robosystems.worker import outbox
 
 log = logging.getLogger("robosystems.billing.subscriptions")
@@ -207,6 +208,7 @@ def apply_transition(
         description=f"Subscription {from_state} -> {to_state}",
         data={"from": from_state, "to": to_state, **(data or {})},
     )
+    outbound.subscription_transitioned(session, sub, from_state)
     return TransitionResult(sub, changed=True)
 
 
@@ -323,6 +325,7 @@ def create_subscription(
         description=f"Subscription created ({plan_name}, {status})",
         data={"plan_name": plan_name, "resource_type": resource_type, "status": status},
     )
+    outbound.subscription_created(session, sub)
     return sub, True
 
 

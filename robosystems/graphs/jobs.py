@@ -40,6 +40,7 @@ from robosystems.graphs.provisioning import (
     self_billed,
 )
 from robosystems.models import BillingInvoice, BillingSubscription
+from robosystems.outbound import events as outbound
 from robosystems.worker import outbox
 from robosystems.worker.context import WorkerContext
 
@@ -303,6 +304,7 @@ def remove_expired_graphs(ctx: WorkerContext, *, now: datetime | None = None) ->
                     description=f"Graph {graph_id} removed",
                     data={"graph_id": graph_id, "graph_ids": ids, "subscription_status": state.subscription_status},
                 )
+                outbound.graph_deleted(session, state.org_id, graph_id, state.subscription_id)
             removed.extend(ids)
 
         def remove_files() -> None:

@@ -59,6 +59,7 @@ from robosystems.graphs.backend import (
     power_of_two_at_least,
 )
 from robosystems.models import BillingInvoice, BillingSubscription, Graph, Org, OrgUser
+from robosystems.outbound import events as outbound
 from robosystems.payments.base import PaymentProvider, ProviderError
 from robosystems.worker import outbox
 from robosystems.worker.context import WorkerContext
@@ -464,6 +465,7 @@ def _finalize(ctx: WorkerContext, subscription_id: str, token: str, graph_id: st
             description=f"Graph {graph_id} provisioned ({plan.name})",
             data={"graph_id": graph_id, "plan": plan.name, "attempt": attempt, "credits_granted": granted},
         )
+        outbound.graph_provisioned(session, sub, graph_id)
         log.info("provisioning %s: graph %s active (attempt %s)", subscription_id, graph_id, attempt)
         return ProvisionResult("active", subscription_id, graph_id, attempt)
 
@@ -542,6 +544,7 @@ def _fail(
             description=f"Provisioning failed after {markers.provisioning_attempt} attempt(s)",
             data={"graph_id": graph_id, "attempts": markers.provisioning_attempt, "compensation_mode": mode},
         )
+        outbound.graph_provisioning_failed(session, sub, reason, compensation=compensation)
         attempts = int(markers.provisioning_attempt)
     if graph_row is None:  # never remove the files of a graph that exists (e.g. a legacy resource id)
         backend.remove(graph_id)

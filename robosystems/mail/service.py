@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from robosystems.config import Settings
 from robosystems.ids import new_id
@@ -26,10 +27,13 @@ log = logging.getLogger("robosystems.mail")
 
 
 async def queue_mail(session: AsyncSession, *, to: str, subject: str, body: str, kind: str) -> str:
+    return await session.run_sync(lambda s: queue_mail_sync(s, to=to, subject=subject, body=body, kind=kind))
+
+
+def queue_mail_sync(session: Session, *, to: str, subject: str, body: str, kind: str) -> str:
+    """:func:`queue_mail` for a worker's ``Session``."""
     mail_id = new_id("mail")
-    await session.execute(
-        insert(MailOutbox).values(id=mail_id, to_email=to, subject=subject, body_text=body, kind=kind)
-    )
+    session.execute(insert(MailOutbox).values(id=mail_id, to_email=to, subject=subject, body_text=body, kind=kind))
     return mail_id
 
 

@@ -27,6 +27,7 @@ from robosystems.models.identity import ApiKey, AuthSession, User, UserToken
 from robosystems.models.mail import MailOutbox
 from robosystems.models.org_extras import INVITATION_STATUSES, OrgAuditEvent, OrgInvitation
 from robosystems.models.orgs import ORG_ROLES, ORG_TYPES, Org, OrgLimits, OrgUser
+from robosystems.models.outbound import OutboundAttempt, OutboundDelivery, OutboundEndpoint, OutboundEvent
 from robosystems.models.webhooks import TaskOutbox, WebhookEvent
 
 __all__ = [
@@ -61,6 +62,10 @@ __all__ = [
     "Org",
     "OrgLimits",
     "OrgUser",
+    "OutboundAttempt",
+    "OutboundDelivery",
+    "OutboundEndpoint",
+    "OutboundEvent",
     "SecurityEvent",
     "TaskOutbox",
     "User",

@@ -35,6 +35,10 @@ class OrgEvent(StrEnum):
     INVITATION_REVOKED = "invitation.revoked"
     INVITATION_ROLE_CHANGED = "invitation.role_changed"
     INVITATION_EXPIRED = "invitation.expired"
+    WEBHOOK_ENDPOINT_CREATED = "webhook.endpoint_created"
+    WEBHOOK_ENDPOINT_UPDATED = "webhook.endpoint_updated"
+    WEBHOOK_ENDPOINT_DELETED = "webhook.endpoint_deleted"
+    WEBHOOK_SECRET_ROTATED = "webhook.secret_rotated"  # noqa: S105 - an event name
 
 
 async def record_org_event(

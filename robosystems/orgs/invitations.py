@@ -43,6 +43,7 @@ from robosystems.orgs.access import OrgAccess
 from robosystems.orgs.audit import OrgEvent, record_org_event
 from robosystems.orgs.policy import Action
 from robosystems.orgs.service import check_can_grant, lock_and_authorize, lock_org_row, personal_org_conflict
+from robosystems.outbound import events as outbound
 from robosystems.services import AppServices
 
 MAIL_KIND = "org_invitation"
@@ -189,6 +190,7 @@ async def invite_member(
         session, org_id, OrgEvent.MEMBER_INVITED, actor_user_id=principal.user_id,
         details={"invitation_id": invitation_id, "email": email, "role": role},
     )
+    await outbound.invitation_created(session, inv)
     return _pending_member(inv)
 
 
@@ -429,6 +431,7 @@ async def _join(session: AsyncSession, services: AppServices, inv: LiveInvitatio
             "invited_by": claimed.invited_by, "already_member": already is not None,
         },
     )
+    await outbound.invitation_accepted(session, inv.org_id, inv.id, user_id, joined=already is None)
 
 
 async def _accept(

@@ -33,6 +33,7 @@ from robosystems.orgs.service import (
     reload_access,
 )
 from robosystems.orgs.usage import revoke_member_graph_access
+from robosystems.outbound import events as outbound
 
 INVITATION_PREFIX = "inv_"
 
@@ -144,6 +145,7 @@ async def update_member_role(
         session, org_id, OrgEvent.MEMBER_ROLE_CHANGED, actor_user_id=principal.user_id, target_user_id=user_id,
         details={"from": target.role, "to": role},
     )
+    await outbound.member_role_changed(session, org_id, user_id, previous_role=target.role)
     return _member_out(target, role)
 
 
@@ -174,6 +176,7 @@ async def remove_member(session: AsyncSession, principal: Principal, org_id: str
         session, org_id, OrgEvent.MEMBER_REMOVED, actor_user_id=principal.user_id, target_user_id=user_id,
         details={"role": target.role},
     )
+    await outbound.member_removed(session, org_id, user_id, role=target.role, reason="removed")
 
 
 async def leave_org(session: AsyncSession, principal: Principal, org_id: str) -> None:
@@ -190,6 +193,7 @@ async def leave_org(session: AsyncSession, principal: Principal, org_id: str) ->
         session, org_id, OrgEvent.MEMBER_LEFT, actor_user_id=principal.user_id, target_user_id=principal.user_id,
         details={"role": access.role},
     )
+    await outbound.member_removed(session, org_id, principal.user_id, role=access.role, reason="left")
 
 
 async def transfer_ownership(
@@ -215,4 +219,6 @@ async def transfer_ownership(
         session, org_id, OrgEvent.OWNERSHIP_TRANSFERRED, actor_user_id=principal.user_id,
         target_user_id=target_user_id, details={"target_previous_role": target.role, "caller_new_role": "admin"},
     )
+    await outbound.member_role_changed(session, org_id, target_user_id, previous_role=target.role)
+    await outbound.member_role_changed(session, org_id, principal.user_id, previous_role=Role.OWNER.value)
     return await org_detail(session, await reload_access(session, principal, org_id))

@@ -40,6 +40,7 @@ class Action(StrEnum):
     MANAGE_BILLING = "manage_billing"
     MANAGE_PAYMENT_METHOD = "manage_payment_method"
     VIEW_INVOICES = "view_invoices"
+    MANAGE_WEBHOOKS = "manage_webhooks"
 
 
 #: Minimum role for each action.  Finer rules (no grant above your own role, only owners touch
@@ -66,6 +67,7 @@ POLICY: dict[Action, Role] = {
     Action.MANAGE_BILLING: Role.ADMIN,
     Action.MANAGE_PAYMENT_METHOD: Role.OWNER,
     Action.VIEW_INVOICES: Role.ADMIN,
+    Action.MANAGE_WEBHOOKS: Role.ADMIN,
 }
 
 

@@ -86,6 +86,7 @@ async def get_org(access: ViewOrgAccess, svc: Services) -> JSONText:
 
 
 @router.put("/{org_id}", response_model=OrgDetailResponse)
+@router.patch("/{org_id}", response_model=OrgDetailResponse)  # same fields, same partial semantics as PUT
 async def update_org(body: UpdateOrgRequest, access: UpdateOrgAccess, db: DbSession) -> JSONText:
     org_type = body.org_type.value if body.org_type else None
     return JSONText(await service.update_org(db, access.principal, access.org_id, name=body.name, org_type=org_type))

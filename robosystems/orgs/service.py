@@ -25,6 +25,7 @@ from robosystems.models import LIVE_SUBSCRIPTION_STATUSES, Org, OrgLimits, OrgUs
 from robosystems.orgs.access import OrgAccess, authorize
 from robosystems.orgs.audit import OrgEvent, record_org_event
 from robosystems.orgs.policy import Action, Role, role_at_least
+from robosystems.outbound import events as outbound
 from robosystems.services import AppServices
 from robosystems.sqljson import iso_utc
 
@@ -244,6 +245,7 @@ async def update_org(
         values: dict[str, Any] = {key: new for key, (_old, new) in changes.items()}
         await session.execute(update(Org).where(Org.id == org_id).values(**values, updated_at=func.now()))
         await record_org_event(session, org_id, OrgEvent.ORG_UPDATED, actor_user_id=principal.user_id, details=changes)
+        await outbound.org_updated(session, org_id, changes)
     return await org_detail(session, await reload_access(session, principal, org_id))
 
 
@@ -314,6 +316,7 @@ async def delete_org(session: AsyncSession, services: AppServices, principal: Pr
         actor_user_id=principal.user_id,
         details={"restorable_until": (deleted_at + grace).isoformat()},
     )
+    await outbound.org_deleted(session, org_id, deleted_at, deleted_at + grace)
     return {
         "id": org_id,
         "message": "Organization deleted; it can be restored by an operator until restorable_until",

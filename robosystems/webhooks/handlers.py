@@ -30,6 +30,7 @@ from robosystems.billing import subscriptions as subs
 from robosystems.billing.audit import SYSTEM, record_billing_event
 from robosystems.billing.plans import get_catalog
 from robosystems.models.billing import BillingCustomer, BillingInvoice, BillingSubscription
+from robosystems.outbound import events as outbound
 from robosystems.worker import outbox
 from robosystems.worker.context import WorkerContext
 from robosystems.worker.retry import RetryLater, backoff_seconds
@@ -364,6 +365,7 @@ def subscription_changed(session: Session, ctx: WorkerContext, ev: Any) -> Outco
         sub.current_period_start = min(starts)
     if ends:
         sub.current_period_end = max(ends)
+    cancel_scheduled_before = sub.cancel_at_period_end
     sub.cancel_at_period_end = bool(obj.get("cancel_at_period_end"))
     canceled_at = _epoch(obj.get("canceled_at"))
     if canceled_at and (ev.type == "customer.subscription.deleted" or sub.cancel_at_period_end):
@@ -379,6 +381,7 @@ def subscription_changed(session: Session, ctx: WorkerContext, ev: Any) -> Outco
         catalog = get_catalog(ctx.settings.billing_plans_file)
         plan_note = provider_sync.on_subscription(session, catalog, sub, obj, ev.type, ev.created)
         note = ",".join(n for n in (note, plan_note) if n) or None
+    outbound.subscription_cancel_changed(session, sub, bool(cancel_scheduled_before))
     return processed(note)
 
 
@@ -436,6 +439,8 @@ def invoice_changed(session: Session, ctx: WorkerContext, ev: Any) -> Outcome:
             notes.append(apply_status(session, sub, "active", ev, settings_backoff=0) or "reactivated")
     elif ev.type == "invoice.payment_failed" and sub.status == "active" and not stale:
         notes.append(apply_status(session, sub, "past_due", ev, settings_backoff=0) or "past_due")
+    if ev.type == "invoice.payment_failed":
+        outbound.invoice_payment_failed(session, local, inv, ev.id)
     if stale:
         notes.append("status_stale")
     return processed(",".join(n for n in notes if n) or None)

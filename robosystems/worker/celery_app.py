@@ -36,6 +36,7 @@ TASK_PACKAGES = (
     "robosystems.graphs",
     "robosystems.orgs",
     "robosystems.mail",
+    "robosystems.outbound",
 )
 
 

@@ -54,6 +54,16 @@ def entries(settings: Settings) -> list[ScheduleEntry]:
         ScheduleEntry(
             "orgs-purge-deleted", "robosystems.graphs.purge_deleted_orgs", settings.graph_maintenance_interval_seconds
         ),
+        # outbound webhooks (robosystems/outbound/tasks.py): due retries, retention, past-due graphs turning read-only
+        ScheduleEntry(
+            "outbound-deliver", "robosystems.outbound.deliver", settings.outbound_webhooks_poll_interval_seconds
+        ),
+        ScheduleEntry("outbound-prune", "robosystems.outbound.prune_events", 3600.0),
+        ScheduleEntry(
+            "outbound-past-due-read-only",
+            "robosystems.outbound.past_due_read_only",
+            settings.graph_maintenance_interval_seconds,
+        ),
     ]
 
 
